@@ -1,0 +1,2 @@
+# common/: see DESIGN.md §2.
+LIB_SRCS += $(sort $(wildcard common/*.c))

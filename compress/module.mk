@@ -1,0 +1,2 @@
+# compress/: see DESIGN.md §2.
+LIB_SRCS += $(sort $(wildcard compress/*.c))

@@ -1,0 +1,2 @@
+# sim/: see DESIGN.md §2.
+LIB_SRCS += $(sort $(wildcard sim/*.c))

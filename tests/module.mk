@@ -1,0 +1,84 @@
+# tests/: one Check runner with a suite per module (tests/unit/check_<module>.c),
+# and libFuzzer targets (tests/fuzz/fuzz_<name>.c).
+
+TEST_UNIT_SRCS := $(sort $(wildcard tests/unit/check_*.c))
+TEST_SUITES    := $(patsubst tests/unit/check_%.c,%,$(TEST_UNIT_SRCS))
+TEST_OBJS      := $(TEST_UNIT_SRCS:%.c=$(BUILD)/%.o) \
+                  $(BUILD)/tests/unit/runner.o $(BUILD)/tests/unit/testutil.o \
+                  $(BUILD)/gen/tests/suites.o
+TEST_BIN       := $(BUILD)/tests/check_all
+
+$(BUILD)/tests/%.o: CFLAGS += $(CHECK_CFLAGS) -Wno-missing-prototypes
+
+# The list of suites is generated from the file names, so adding
+# tests/unit/check_foo.c (defining check_foo_suite) is all it takes.
+$(BUILD)/gen/tests/suites.c: $(TEST_UNIT_SRCS) tests/module.mk
+	@mkdir -p $(dir $@)
+	$(Q){ echo '#include <check.h>'; \
+	  for s in $(TEST_SUITES); do echo "Suite *check_$${s}_suite(void);"; done; \
+	  echo 'Suite *(*const fl_test_suites[])(void) = {'; \
+	  for s in $(TEST_SUITES); do echo "    check_$${s}_suite,"; done; \
+	  echo '    0};'; \
+	  echo 'const char *const fl_test_suite_names[] = {'; \
+	  for s in $(TEST_SUITES); do echo "    \"$${s}\","; done; \
+	  echo '    0};'; } > $@
+
+$(BUILD)/gen/tests/suites.o: CFLAGS += $(CHECK_CFLAGS)
+
+$(TEST_BIN): $(TEST_OBJS) $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TEST_OBJS) $(LIB) $(CHECK_LIBS) $(LDLIBS_BASE)
+
+# Tests find the binary and the sources through these.
+TEST_ENV := FL_BUILD=$(abspath $(BUILD)) FL_SRCDIR=$(CURDIR) FL_PYTHON=$(PYTHON) \
+            CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-600} \
+            ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+            UBSAN_OPTIONS=$${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+.PHONY: run-check
+run-check: $(TEST_BIN) $(BIN)
+	$(Q)$(TEST_ENV) $(TEST_BIN) $(SUITE)
+
+# ---- fuzzing (clang + libFuzzer) -------------------------------------------
+FUZZ_BUILD  := build/fuzz
+FUZZ_CC     ?= clang
+FUZZ_FLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS  = -std=c11 -D_GNU_SOURCE -g -O1 -I. -I$(BUILD)/gen $(PKG_CFLAGS) \
+               -DFL_VERSION=\"$(VERSION)\" -DFL_FUZZING $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link
+FUZZ_SRCS   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_NAMES  := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRCS))
+FUZZ_BINS   := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
+FUZZ_LIBOBJS := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/obj/%.o) \
+                $(GEN_SRCS:$(BUILD)/gen/%.c=$(FUZZ_BUILD)/obj/gen/%.o)
+
+$(FUZZ_BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c | $(GEN_HDRS)
+	@mkdir -p $(dir $@)
+	@echo "  FUZZCC  $<"
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(FUZZ_BUILD)/obj/%.o: %.c | $(GEN_HDRS)
+	@mkdir -p $(dir $@)
+	@echo "  FUZZCC  $<"
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIBOBJS)
+	@echo "  FUZZLD  $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS_BASE)
+
+.PHONY: fuzz fuzz-build
+fuzz-build: $(FUZZ_BINS)
+
+# Each target runs FUZZ_RUNS executions from its seed corpus (copied, so the
+# repository is never written); a finding fails the target.
+fuzz: $(FUZZ_BINS)
+	$(Q)for n in $(FUZZ_NAMES); do \
+	  work=$$(mktemp -d); \
+	  if [ -d tests/fuzz/corpus/$$n ]; then cp -r tests/fuzz/corpus/$$n/. $$work/; fi; \
+	  echo "  FUZZ    $$n ($(FUZZ_RUNS) runs)"; \
+	  $(FUZZ_BUILD)/fuzz_$$n -runs=$(FUZZ_RUNS) -max_len=65536 -print_final_stats=1 \
+	     -artifact_prefix=$(FUZZ_BUILD)/crash-$$n- $$work 2>$(FUZZ_BUILD)/$$n.log \
+	     || { tail -40 $(FUZZ_BUILD)/$$n.log; rm -rf $$work; exit 1; }; \
+	  grep -E 'stat::number_of_executed_units' $(FUZZ_BUILD)/$$n.log; \
+	  rm -rf $$work; \
+	done

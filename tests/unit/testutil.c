@@ -1,0 +1,66 @@
+/* tests/unit/testutil.c — helpers shared by the Check suites. */
+#include "tests/unit/testutil.h"
+
+#include "common/common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+static const char *env_or(const char *name, const char *def)
+{
+    const char *v = getenv(name);
+    return (v && *v) ? v : def;
+}
+
+const char *fl_test_srcpath(char *out, size_t outlen, const char *rel)
+{
+    snprintf(out, outlen, "%s/%s", env_or("FL_SRCDIR", "."), rel);
+    return out;
+}
+
+const char *fl_test_buildpath(char *out, size_t outlen, const char *rel)
+{
+    snprintf(out, outlen, "%s/%s", env_or("FL_BUILD", "build"), rel);
+    return out;
+}
+
+const char *fl_test_python(void)
+{
+    return env_or("FL_PYTHON", "/usr/bin/python3");
+}
+
+void fl_test_tmpdir(char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s/fltest-XXXXXX", env_or("TMPDIR", "/tmp"));
+    ck_assert_ptr_nonnull(mkdtemp(out));
+}
+
+void fl_test_rmtree(const char *path)
+{
+    if (path && strncmp(path, "/tmp/", 5) == 0 && !strstr(path, ".."))
+        fl_test_system("rm -rf '%s'", path);
+}
+
+int fl_test_system(const char *fmt, ...)
+{
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    if (st < 0 || !WIFEXITED(st))
+        return -1;
+    return WEXITSTATUS(st);
+}
+
+void fl_test_fill(uint8_t *buf, size_t n, uint64_t seed)
+{
+    fl_rng_t r;
+    fl_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (uint8_t)fl_rng_next(&r);
+}

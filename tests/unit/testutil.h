@@ -1,0 +1,29 @@
+/*
+ * tests/unit/testutil.h — helpers shared by the Check suites.
+ *
+ * make check sets FL_BUILD (the build directory, where the flotilla binary
+ * is), FL_SRCDIR (the source tree) and FL_PYTHON (the interpreter with
+ * PyTorch) in the environment.
+ */
+#ifndef FL_TESTUTIL_H
+#define FL_TESTUTIL_H
+
+#include <check.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Path of a file in the source tree / build tree (static buffer per call
+ * site is not safe: the result is written into out). */
+const char *fl_test_srcpath(char *out, size_t outlen, const char *rel);
+const char *fl_test_buildpath(char *out, size_t outlen, const char *rel);
+const char *fl_test_python(void);
+/* Creates a fresh temporary directory; out receives its path. */
+void fl_test_tmpdir(char *out, size_t outlen);
+/* rm -rf, for a directory made by fl_test_tmpdir. */
+void fl_test_rmtree(const char *path);
+/* Runs a shell command, returns its exit status (or -1). */
+int fl_test_system(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Fills buf with reproducible bytes from seed. */
+void fl_test_fill(uint8_t *buf, size_t n, uint64_t seed);
+
+#endif
