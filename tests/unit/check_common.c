@@ -1,6 +1,7 @@
 /* tests/unit/check_common.c — errors, allocation, buffers, configuration,
  * hex, files and randomness. */
 #include "common/common.h"
+#include "common/bitpack.h"
 #include "tests/unit/testutil.h"
 
 #include <math.h>
@@ -320,6 +321,36 @@ START_TEST(test_rng)
 }
 END_TEST
 
+START_TEST(test_bitpack_every_width)
+{
+    /* Every r from 1 to 32, lengths that are and are not multiples of 8
+     * and 32; fast and reference agree, and unpacking inverts packing. */
+    static const size_t lens[] = {0, 1, 7, 8, 9, 31, 32, 33, 100, 1001};
+    for (unsigned r = 1; r <= 32; r++) {
+        for (size_t li = 0; li < FL_ARRAY_LEN(lens); li++) {
+            size_t n = lens[li];
+            uint32_t in[1001], out[1001], ref[1001];
+            uint8_t p1[4100], p2[4100];
+            fl_test_fill((uint8_t *)in, sizeof in, r * 1000 + n);
+            uint32_t mask = r == 32 ? 0xffffffffu : (1u << r) - 1;
+            size_t nb = fl_bitpack_bytes(n, r);
+            ck_assert_uint_eq(nb, (n * r + 7) / 8);
+            memset(p1, 0xa5, sizeof p1);
+            fl_bitpack(p1, in, n, r);
+            fl_bitpack_ref(p2, in, n, r);
+            ck_assert_mem_eq(p1, p2, nb);
+            ck_assert_uint_eq(p1[nb], 0xa5); /* nothing written past the end */
+            fl_bitunpack(out, p1, n, r);
+            fl_bitunpack_ref(ref, p1, n, r);
+            for (size_t i = 0; i < n; i++) {
+                ck_assert_uint_eq(out[i], in[i] & mask);
+                ck_assert_uint_eq(ref[i], in[i] & mask);
+            }
+        }
+    }
+}
+END_TEST
+
 Suite *check_common_suite(void)
 {
     Suite *s = suite_create("common");
@@ -333,6 +364,7 @@ Suite *check_common_suite(void)
     tcase_add_test(tc, test_hex);
     tcase_add_test(tc, test_files);
     tcase_add_test(tc, test_rng);
+    tcase_add_test(tc, test_bitpack_every_width);
     suite_add_tcase(s, tc);
     return s;
 }
