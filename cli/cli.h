@@ -20,8 +20,20 @@ int fl_cmd_model(int argc, char **argv);
 int fl_cmd_privacy(int argc, char **argv);
 int fl_cmd_bench(int argc, char **argv);
 
+/* flotilla model <verb>: cli/cmd_model.c dispatches init, train and eval
+ * itself and hands these to the files that own them. */
+int fl_cmd_model_generate(int argc, char **argv); /* cli/cmd_model_infer.c */
+int fl_cmd_model_quantize(int argc, char **argv); /* cli/cmd_model_infer.c */
+int fl_cmd_model_import(int argc, char **argv);   /* cli/cmd_model_import.c */
+
 /* flotilla bench <what>: each prints one JSON object on stdout. */
 int fl_bench_model(int argc, char **argv);
+/* bench model is assembled from two halves: cli/bench_model.c measures the
+ * int8 kernels and inference and calls this one (cli/bench_train.c), which
+ * adds the local-training keys (train_tokens_per_s, train_vs_torch,
+ * train_peak_rss_mb) to obj. Returns 0 or an FL_E* code. */
+struct json_t;
+int fl_bench_model_train(struct json_t *obj, int threads);
 int fl_bench_compress(int argc, char **argv);
 int fl_bench_secagg(int argc, char **argv);
 

@@ -37,7 +37,7 @@ TEST_ENV := FL_BUILD=$(abspath $(BUILD)) FL_SRCDIR=$(CURDIR) FL_PYTHON=$(PYTHON)
             UBSAN_OPTIONS=$${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 .PHONY: run-check
-run-check: $(TEST_BIN) $(BIN)
+run-check: $(TEST_BIN) $(BIN) $(CHECK_DEPS)
 	$(Q)$(TEST_ENV) $(TEST_BIN) $(SUITE)
 
 # ---- fuzzing (clang + libFuzzer) -------------------------------------------

@@ -6,15 +6,18 @@ import re
 import sys
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
-MODULES = ["common", "proto", "model", "compress", "secagg", "net", "server",
-           "client", "sim", "cli"]
+MODULES = ["common", "proto", "model", "compress", "secagg", "artifact", "net",
+           "server", "client", "sim", "cli"]
 
 # Which of our modules each module may include (itself always allowed).
 ALLOWED = {
     "cli": set(MODULES),
     "sim": {"server", "client", "model", "compress", "common"},
-    "server": {"net", "proto", "secagg", "compress", "model", "common"},
-    "client": {"net", "proto", "secagg", "compress", "model", "common"},
+    "server": {"net", "proto", "secagg", "artifact", "compress", "model", "common"},
+    "client": {"net", "proto", "secagg", "artifact", "compress", "model", "common"},
+    # artifact/: signed model versions (manifest, SHA-256, Ed25519). Server
+    # and client both need it and may not include each other.
+    "artifact": {"common"},
     "net": {"proto", "common"},
     "secagg": {"proto", "common"},
     "proto": {"common"},
@@ -43,6 +46,7 @@ LIB_ALLOWED = {
     "model": {"openblas"},
     "compress": set(),
     "secagg": {"sodium", "openssl", "protobuf-c"},
+    "artifact": {"sodium", "openssl", "jansson"},
     "net": {"uv", "openssl"},
     "server": {"uv", "openssl", "sodium", "jansson", "protobuf-c"},
     "client": {"uv", "openssl", "sodium", "jansson", "protobuf-c"},
