@@ -69,14 +69,15 @@ TEST_SRCS :=
 FUZZ_SRCS :=
 CHECK_DEPS :=
 
+LIB := $(BUILD)/libflotilla.a
+BIN := $(BUILD)/flotilla
+
 include $(sort $(wildcard */module.mk))
 
 .SECONDARY: $(GEN_HDRS) $(GEN_SRCS)
 
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(GEN_SRCS:%.c=%.o)
 CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
-LIB       := $(BUILD)/libflotilla.a
-BIN       := $(BUILD)/flotilla
 
 .PHONY: all check lint depcheck fuzz install clean deps sim format
 .DEFAULT_GOAL := all
