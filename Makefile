@@ -74,7 +74,8 @@ BIN := $(BUILD)/flotilla
 
 include $(sort $(wildcard */module.mk))
 
-.SECONDARY: $(GEN_HDRS) $(GEN_SRCS)
+# Nothing built here is a throw-away intermediate (generated code, fuzz objects).
+.SECONDARY:
 
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(GEN_SRCS:%.c=%.o)
 CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
