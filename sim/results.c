@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -134,6 +135,11 @@ int fl_sim_plot(const char *out_dir, const char *const *csv_paths,
         if (pid < 0) {
             rc = FL_EIO;
         } else if (pid == 0) {
+            /* gnuplot's warnings go to a log beside the plots. */
+            char log[PATH_MAX];
+            if (fl_path_join(log, sizeof log, out_dir, "plots.log") == 0 &&
+                freopen(log, "w", stderr) == NULL)
+                _exit(126);
             execl("/usr/bin/gnuplot", "gnuplot", script, (char *)NULL);
             _exit(127);
         } else {
