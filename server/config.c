@@ -116,8 +116,8 @@ static const fl_cfg_opt_t server_opts[] = {
     /* codec */
     {"quant-bits", FL_CFG_INT, OFF(quant_bits), "8", 0, 16, NULL, NULL,
      "b: bits per quantized value (0 = fp32, secure aggregation off only)"},
-    {"support", FL_CFG_ENUM, OFF(support), "dense", NOB,
-     "dense|random-k|top-k", NULL,
+    {"support", FL_CFG_ENUM, OFF(support), "dense", NOB, "dense|random-k|top-k",
+     NULL,
      "coordinates sent: all, a seeded random k shared by the round, or "
      "per-client top-k (secure aggregation off only)"},
     {"support-size", FL_CFG_INT, OFF(support_size), "0", 0, 1e12, NULL, NULL,
