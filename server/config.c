@@ -61,12 +61,12 @@ static const fl_cfg_opt_t server_opts[] = {
     {"chunk-size", FL_CFG_INT, OFF(chunk_size), "1048576", 1024, 16777216, NULL,
      NULL, "largest model chunk served per request, bytes"},
     /* files */
-    {"state-dir", FL_CFG_STRING, OFF(state_dir), NULL, NOB, NULL, NULL,
+    {"state", FL_CFG_STRING, OFF(state_dir), NULL, NOB, NULL, NULL,
      "state directory: round, accountant, enrolment, model versions"},
     {"signing-key", FL_CFG_STRING, OFF(signing_key), NULL, NOB, NULL, NULL,
      "Ed25519 secret key that signs model versions"},
     {"enrol-file", FL_CFG_STRING, OFF(enrol_file), NULL, NOB, NULL, NULL,
-     "allow-list of device keys (default <state-dir>/enrolled)"},
+     "allow-list of device keys (default <state>/enrolled)"},
     {"init-model", FL_CFG_STRING, OFF(init_model), NULL, NOB, NULL, NULL,
      "model file published as version 1 when none exists yet"},
     /* metrics */
@@ -256,7 +256,7 @@ int fl_server_config_check(const fl_server_config_t *c, char *err,
                            size_t errlen)
 {
     if (!c->state_dir || !c->state_dir[0])
-        FAIL("state-dir is required");
+        FAIL("state (the state directory) is required");
     if (c->min_clients > c->cohort)
         FAIL("min-clients (%lld) is larger than cohort (%lld)",
              (long long)c->min_clients, (long long)c->cohort);

@@ -56,7 +56,7 @@ int fl_server_new(uv_loop_t *loop, const fl_server_config_t *cfg,
     else if (fl_path_join(s->enrol_path, sizeof s->enrol_path, s->cfg.state_dir,
                           FL_SERVER_ENROL_FILE) < 0) {
         rc = FL_ETOOBIG;
-        snprintf(err, errlen, "state-dir path too long");
+        snprintf(err, errlen, "state path too long");
         goto out;
     }
     rc = fl_server_enrol_load(s->enrol_path, &s->enrol, err, errlen);
