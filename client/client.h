@@ -120,6 +120,33 @@ int fl_client_journal_append(const char *path,
 int fl_client_journal_read(const char *path, fl_client_journal_entry_t *out,
                            size_t max, size_t *n, size_t *bad);
 
+/* ---- model store
+ * --------------------------------------------------------------
+ * <state>/models/<version>/ holds verified versions; the files "current"
+ * and "previous" name one each (a decimal version and a newline, written
+ * atomically). A download goes to models/.staging-<version>/ (resumable:
+ * a partial file's size is where the download goes on), is verified there
+ * by the caller, and is committed with one rename. Only current and
+ * previous are kept. */
+#define FL_CLIENT_STORE_PATH_MAX 4096
+
+/* 0 with *version and the version's directory, FL_ENOENT when there is
+ * none yet. */
+int fl_client_store_current(const char *state_dir, uint64_t *version, char *dir,
+                            size_t dirlen);
+int fl_client_store_previous(const char *state_dir, uint64_t *version,
+                             char *dir, size_t dirlen);
+/* The staging directory for version (created if missing; a partial
+ * download in it is kept, so the transfer can resume). */
+int fl_client_store_staging(const char *state_dir, uint64_t version, char *dir,
+                            size_t dirlen);
+/* Makes the staged version current: rename into models/<version>, previous
+ * := the old current, then removes every other version. */
+int fl_client_store_commit(const char *state_dir, uint64_t version);
+/* After a version failed to load: current := previous and the failed
+ * version is removed. FL_ENOENT when there is no previous version. */
+int fl_client_store_rollback(const char *state_dir);
+
 /* ---- local inference socket ------------------------------------------------
  * JSON lines over a Unix stream socket. A request is one line:
  *   {"prompt": "...", "max_tokens": 64, "temperature": 0.8, "top_p": 0.9,

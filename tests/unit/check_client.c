@@ -356,6 +356,75 @@ START_TEST(test_infer_socket)
 }
 END_TEST
 
+static void stage_file(const char *state, uint64_t v, const char *content)
+{
+    char dir[FL_CLIENT_STORE_PATH_MAX], p[FL_CLIENT_STORE_PATH_MAX + 16];
+    ck_assert_int_eq(fl_client_store_staging(state, v, dir, sizeof dir), 0);
+    snprintf(p, sizeof p, "%s/model.bin", dir);
+    ck_assert_int_eq(fl_file_write_atomic(p, content, strlen(content), 0600),
+                     0);
+}
+
+static void check_current(const char *state, uint64_t want, const char *content)
+{
+    char dir[FL_CLIENT_STORE_PATH_MAX], p[FL_CLIENT_STORE_PATH_MAX + 16];
+    uint64_t v;
+    uint8_t *data;
+    size_t len;
+    ck_assert_int_eq(fl_client_store_current(state, &v, dir, sizeof dir), 0);
+    ck_assert_uint_eq(v, want);
+    snprintf(p, sizeof p, "%s/model.bin", dir);
+    ck_assert_int_eq(fl_file_read_all(p, 100, &data, &len), 0);
+    ck_assert_str_eq((char *)data, content);
+    fl_free(data);
+}
+
+START_TEST(test_model_store)
+{
+    char state[256], dir[FL_CLIENT_STORE_PATH_MAX];
+    uint64_t v;
+    fl_test_tmpdir(state, sizeof state);
+    ck_assert_int_eq(fl_client_store_current(state, &v, dir, sizeof dir),
+                     FL_ENOENT);
+    stage_file(state, 1, "one");
+    ck_assert_int_eq(fl_client_store_commit(state, 1), 0);
+    check_current(state, 1, "one");
+    ck_assert_int_eq(fl_client_store_previous(state, &v, dir, sizeof dir),
+                     FL_ENOENT);
+    ck_assert_int_eq(fl_client_store_rollback(state), FL_ENOENT);
+    stage_file(state, 2, "two");
+    ck_assert_int_eq(fl_client_store_commit(state, 2), 0);
+    check_current(state, 2, "two");
+    ck_assert_int_eq(fl_client_store_previous(state, &v, dir, sizeof dir), 0);
+    ck_assert_uint_eq(v, 1);
+    /* A third version prunes the first; a download of 5 in progress stays. */
+    stage_file(state, 5, "five, partial");
+    stage_file(state, 3, "three");
+    ck_assert_int_eq(fl_client_store_commit(state, 3), 0);
+    check_current(state, 3, "three");
+    ck_assert_int_eq(
+        fl_test_system("test ! -e '%s/models/1' && test -d '%s/models/2' && "
+                       "test -d '%s/models/.staging-5'",
+                       state, state, state),
+        0);
+    /* Version 3 fails to load: back to 2, and 3 is gone. */
+    ck_assert_int_eq(fl_client_store_rollback(state), 0);
+    check_current(state, 2, "two");
+    ck_assert_int_eq(fl_test_system("test ! -e '%s/models/3'", state), 0);
+    ck_assert_int_eq(fl_client_store_previous(state, &v, dir, sizeof dir),
+                     FL_ENOENT);
+    /* The staged download resumes where it stopped. */
+    ck_assert_int_eq(fl_client_store_staging(state, 5, dir, sizeof dir), 0);
+    ck_assert_int_eq(fl_test_system("grep -q partial '%s/model.bin'", dir), 0);
+    /* A damaged pointer file is an error, not a silent reset. */
+    ck_assert_int_eq(
+        fl_test_system("echo garbage > '%s/models/current'", state), 0);
+    ck_assert_int_eq(fl_client_store_current(state, &v, dir, sizeof dir),
+                     FL_EFORMAT);
+    fl_test_rmtree(state);
+}
+END_TEST
+
 Suite *check_client_suite(void)
 {
     Suite *s = suite_create("client");
@@ -366,6 +435,7 @@ Suite *check_client_suite(void)
     tcase_add_test(tc, test_journal);
     tcase_add_test(tc, test_infer_parse);
     tcase_add_test(tc, test_infer_socket);
+    tcase_add_test(tc, test_model_store);
     suite_add_tcase(s, tc);
     return s;
 }
