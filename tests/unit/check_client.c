@@ -425,6 +425,31 @@ START_TEST(test_model_store)
 }
 END_TEST
 
+START_TEST(test_example_config)
+{
+    /* The shipped example sets every option, and they all parse. */
+    char path[512], err[512] = "";
+    fl_client_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    fl_test_srcpath(path, sizeof path, "deploy/client.example.ini");
+    ck_assert_int_eq(
+        fl_cfg_defaults(&fl_client_config_table, &cfg, err, sizeof err), 0);
+    ck_assert_msg(fl_cfg_load_file(&fl_client_config_table, &cfg, path, err,
+                                   sizeof err) == 0,
+                  "%s", err);
+    ck_assert_int_eq(cfg.ac_only, 1);
+    ck_assert_str_eq(cfg.windows, "22:00-06:00");
+    ck_assert_double_eq(cfg.max_load, 2.0);
+    for (size_t i = 0; i < fl_client_config_table.nopts; i++)
+        ck_assert_msg(fl_test_system("grep -Eq '^;? ?%s =' '%s'",
+                                     fl_client_config_table.opts[i].name,
+                                     path) == 0,
+                      "option %s is not in the example",
+                      fl_client_config_table.opts[i].name);
+    fl_cfg_free(&fl_client_config_table, &cfg);
+}
+END_TEST
+
 Suite *check_client_suite(void)
 {
     Suite *s = suite_create("client");
@@ -436,6 +461,7 @@ Suite *check_client_suite(void)
     tcase_add_test(tc, test_infer_parse);
     tcase_add_test(tc, test_infer_socket);
     tcase_add_test(tc, test_model_store);
+    tcase_add_test(tc, test_example_config);
     suite_add_tcase(s, tc);
     return s;
 }
