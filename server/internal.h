@@ -9,6 +9,7 @@
 #ifndef FL_SERVER_INTERNAL_H
 #define FL_SERVER_INTERNAL_H
 
+#include "model/model.h"
 #include "server/server.h"
 
 /* ---- the metrics endpoint (server/http.c) ---------------------------------
@@ -58,6 +59,9 @@ typedef struct {
     const fl_server_config_t *cfg;
     const float *params; /* current global model [num_params] */
     uint64_t num_params;
+    /* The current model (architecture, frozen base under LoRA), borrowed
+     * read-only as the template of the new version; NULL in tests. */
+    const fl_model_t *model;
     fl_server_state_t state; /* in: a copy of the server's; out: updated
                                 (model pointer, epsilon, accountant) */
     float *new_params;       /* out, fl_malloc'd [num_params], taken */
@@ -66,27 +70,29 @@ typedef struct {
 
 typedef struct {
     /* Loop thread, when a round starts: prepares the aggregation for the
-     * RoundConfig (codec, secagg parameters) and says how many values
-     * each client sends. *round_ctx is owned by the engine until end. */
+     * RoundConfig (codec, secure aggregation) of the n invitees, whose
+     * identity keys are keys[0..n) in participant order (client id i+1).
+     * Says how many values each client sends. *round_ctx is the engine's
+     * until end. */
     int (*begin)(void *ctx, const Flotilla__RoundConfig *rc, uint32_t n,
-                 void **round_ctx, uint64_t *num_values);
-    /* Secure aggregation, loop thread: one message in; the engine answers
-     * through the out callbacks below. Absent when secagg is not built. */
-    int (*advertise)(void *round_ctx, const Flotilla__AdvertiseKeys *m);
-    /* Builds the ShareKeysRequest for client id (after the advertise
-     * phase); the message is owned by the engine until end. */
-    int (*share_request)(void *round_ctx, uint32_t id,
-                         Flotilla__ShareKeysRequest **out);
-    int (*share)(void *round_ctx, const Flotilla__ShareKeysResponse *m);
-    int (*masked_request)(void *round_ctx, uint32_t id,
-                          Flotilla__MaskedInputRequest **out);
-    /* Loop thread: one client's input (masked with secagg, the codec
-     * payload without), added into the accumulator. Peer data: every
-     * length is checked; FL_EFORMAT/FL_ERANGE refuse that client only. */
-    int (*input)(void *round_ctx, const Flotilla__MaskedInputResponse *m);
-    int (*unmask_request)(void *round_ctx, uint32_t id,
-                          Flotilla__UnmaskingRequest **out);
-    int (*unmask)(void *round_ctx, const Flotilla__UnmaskingResponse *m);
+                 const uint8_t (*keys)[32], void **round_ctx,
+                 uint64_t *num_values);
+    /* Loop thread: one client message of the current phase (AdvertiseKeys,
+     * ShareKeysResponse, MaskedInputResponse, UnmaskingResponse), from the
+     * client whose round-local id the orchestrator authenticated. Peer
+     * data: a refusal (FL_EFORMAT, FL_ESIGNATURE, FL_EPROTO, ...) changes
+     * nothing and the orchestrator closes that client only. */
+    int (*handle)(void *round_ctx, uint32_t sender, const fl_envelope_t *e);
+    /* Loop thread: the phase (FL_SERVER_PHASE_*) is over, because every
+     * survivor answered or the deadline passed. FL_ETHRESHOLD aborts the
+     * round (too few left); another error aborts it as internal. */
+    int (*close)(void *round_ctx, int phase);
+    /* Loop thread: the request for client id in the phase that just
+     * opened, as the body of *e (set body_case and the pointer). The body
+     * stays the engine's; request_done(round_ctx, e) is called after it is
+     * sent. FL_ENOENT: nothing for that client (it dropped). */
+    int (*request)(void *round_ctx, int phase, uint32_t id, fl_envelope_t *e);
+    void (*request_done)(void *round_ctx, fl_envelope_t *e);
     /* Thread pool: unmask (secagg), decode, noise, accountant, server
      * optimizer, publish, write the new state. Touches only round_ctx and
      * f. Returns 0 or an FL_E* code with f->err set. */
@@ -138,8 +144,10 @@ struct fl_server {
     int have_signing_pub;
     const fl_server_engine_t *engine;
     void *engine_ctx;
-    float *params; /* the current global model, or NULL before one */
+    float *params; /* the trainable vector of the current global model,
+                      owned; NULL before one is loaded */
     uint64_t num_params;
+    fl_model_t *model; /* the model params came from, or NULL */
 };
 
 /* For tests and the simulator: replace the engines (before start), and

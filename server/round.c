@@ -398,7 +398,16 @@ void fl_server_round_tick(fl_server_round_t *r)
     fill_config(r, &rc, &tc, &cc, &sc, &dl, ids, seeds);
     s->metrics.round = r->round;
     enter(r, RS_INVITE);
-    int erc = s->engine->begin(s->engine_ctx, &rc, n, &r->ectx, &r->num_values);
+    int erc = FL_ENOMEM;
+    uint8_t(*keys)[32] = fl_calloc(n, sizeof *keys);
+    if (keys) {
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(keys[i], pool[i]->key, 32);
+        erc =
+            s->engine->begin(s->engine_ctx, &rc, n, (const uint8_t(*)[32])keys,
+                             &r->ectx, &r->num_values);
+        fl_free(keys);
+    }
     if (erc < 0) {
         FL_ERROR("round %llu: the engines refused the round configuration: "
                  "%s",
@@ -443,37 +452,24 @@ static void advance(fl_server_round_t *r);
 static int send_requests(fl_server_round_t *r)
 {
     const fl_server_engine_t *en = r->s->engine;
-    int rc = 0;
+    int rc = 0, phase = phase_of_state[r->state];
     r->busy++;
     for (uint32_t i = 0; i < r->n; i++) {
         participant_t *pt = &r->parts[i];
         if (!pt->peer)
             continue;
         Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
-        rc = FL_ENOTSUP;
-        switch (r->state) {
-        case RS_SHARE:
-            if (en->share_request)
-                rc = en->share_request(r->ectx, pt->id, &e.share_keys_request);
-            e.body_case = FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_REQUEST;
-            break;
-        case RS_MASKED:
-            if (en->masked_request)
-                rc = en->masked_request(r->ectx, pt->id,
-                                        &e.masked_input_request);
-            e.body_case = FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_REQUEST;
-            break;
-        case RS_UNMASK:
-            if (en->unmask_request)
-                rc = en->unmask_request(r->ectx, pt->id, &e.unmasking_request);
-            e.body_case = FLOTILLA__ENVELOPE__BODY_UNMASKING_REQUEST;
-            break;
-        default:
-            FL_ASSERT(0);
+        rc = en->request ? en->request(r->ectx, phase, pt->id, &e) : FL_ENOTSUP;
+        if (rc == FL_ENOENT) { /* the engine counts it as gone */
+            drop(r, pt);
+            rc = 0;
+            continue;
         }
         if (rc < 0)
             break;
         fl_server_peer_send(pt->peer, &e);
+        if (en->request_done)
+            en->request_done(r->ectx, &e);
     }
     r->busy--;
     return rc;
@@ -543,6 +539,7 @@ static void start_finish(fl_server_round_t *r)
     r->fin.cfg = &s->cfg;
     r->fin.params = s->params;
     r->fin.num_params = s->num_params;
+    r->fin.model = s->model;
     /* A deep copy of the state: the job edits it on another thread. */
     int rc = 0;
     r->fin.state = s->state;
@@ -590,11 +587,25 @@ static void advance(fl_server_round_t *r)
             release(r, pt); /* declined: not a dropout */
     }
     uint32_t left = alive(r);
+    int ph = phase_of_state[r->state];
+    if (r->state != RS_INVITE && r->s->engine->close && left >= r->threshold) {
+        int crc = r->s->engine->close(r->ectx, ph);
+        if (crc == FL_ETHRESHOLD) {
+            left = 0; /* the engine counts fewer than the threshold */
+        } else if (crc < 0) {
+            FL_ERROR("round %llu: closing the %s phase: %s",
+                     (unsigned long long)r->round, fl_server_phase_name(ph),
+                     fl_strerror(crc));
+            abort_round(r, FLOTILLA__ABORT_REASON__ABORT_INTERNAL,
+                        "aggregation failed");
+            return;
+        }
+    }
     if (left < r->threshold || left == 0) {
         char why[128];
         snprintf(why, sizeof why,
                  "%u devices left after the %s phase, %u needed", left,
-                 fl_server_phase_name(phase_of_state[r->state]), r->threshold);
+                 fl_server_phase_name(ph), r->threshold);
         abort_round(r, FLOTILLA__ABORT_REASON__ABORT_TOO_FEW_CLIENTS, why);
         return;
     }
@@ -770,29 +781,16 @@ int fl_server_round_on_message(fl_server_round_t *r, fl_server_peer_t *p,
                      (unsigned long long)round, pt->id,
                      e->round_accept->reason ? e->round_accept->reason : "");
         break;
-    case FLOTILLA__ENVELOPE__BODY_ADVERTISE_KEYS:
-        rc = en->advertise ? en->advertise(r->ectx, e->advertise_keys)
-                           : FL_ENOTSUP;
-        break;
-    case FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_RESPONSE:
-        rc =
-            en->share ? en->share(r->ectx, e->share_keys_response) : FL_ENOTSUP;
-        break;
-    case FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_RESPONSE: {
-        const Flotilla__MaskedInputResponse *m = e->masked_input_response;
-        if (m->num_values != r->num_values)
+    case FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_RESPONSE:
+        if (e->masked_input_response->num_values != r->num_values)
             rc = FL_EFORMAT;
         else
-            rc = en->input(r->ectx, m);
+            rc = en->handle(r->ectx, pt->id, e);
         if (rc == 0)
             pt->in_sum = 1;
         break;
-    }
-    case FLOTILLA__ENVELOPE__BODY_UNMASKING_RESPONSE:
-        rc = en->unmask ? en->unmask(r->ectx, e->unmasking_response)
-                        : FL_ENOTSUP;
-        break;
     default:
+        rc = en->handle(r->ectx, pt->id, e);
         break;
     }
     if (rc < 0)

@@ -21,6 +21,41 @@ static int http_healthy(void *ctx)
     return !s->stopping;
 }
 
+/* Loads the current global model: the published version the state points
+ * at, or else init-model (not yet published: version 0). */
+static int load_model(fl_server_t *s, char *err, size_t errlen)
+{
+    char dir[4096], path[4096];
+    const char *src = NULL;
+    int rc = 0;
+    if (s->state.model_version && s->state.model_dir[0]) {
+        rc =
+            fl_path_join(dir, sizeof dir, s->cfg.state_dir, s->state.model_dir);
+        if (rc == 0)
+            rc = fl_path_join(path, sizeof path, dir, "model.bin");
+        if (rc < 0)
+            return rc;
+        src = path;
+    } else if (s->cfg.init_model) {
+        src = s->cfg.init_model;
+    } else {
+        return 0; /* rounds wait for a model */
+    }
+    rc = fl_model_load(src, &s->model);
+    if (rc < 0) {
+        snprintf(err, errlen, "model %s: %s", src, fl_strerror(rc));
+        return rc;
+    }
+    size_t n = fl_model_num_params(s->model);
+    s->params = fl_malloc(n * sizeof(float));
+    if (!s->params)
+        return FL_ENOMEM;
+    memcpy(s->params, fl_model_params(s->model), n * sizeof(float));
+    s->num_params = n;
+    FL_INFO("global model %s: %zu trainable parameters", src, n);
+    return 0;
+}
+
 /* ---- creation
  * ---------------------------------------------------------------*/
 
@@ -74,6 +109,9 @@ int fl_server_new(uv_loop_t *loop, const fl_server_config_t *cfg,
     s->metrics.epsilon = s->state.epsilon;
     s->metrics.epsilon_budget = s->cfg.epsilon_budget;
     s->metrics.enrolled = fl_server_enrol_count(s->enrol);
+    rc = load_model(s, err, errlen);
+    if (rc < 0)
+        goto out;
     rc = fl_server_round_new(s, &s->round);
     if (rc < 0) {
         snprintf(err, errlen, "round engine: %s", fl_strerror(rc));
@@ -222,6 +260,7 @@ void fl_server_free(fl_server_t *s)
     }
     fl_server_round_free(s->round);
     fl_free(s->params);
+    fl_model_free(s->model);
     fl_server_enrol_free(s->enrol);
     fl_server_state_clear(&s->state);
     fl_server_config_free(&s->cfg);

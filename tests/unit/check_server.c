@@ -827,7 +827,8 @@ typedef struct {
 static test_engine_t te;
 
 static int te_begin(void *ctx, const Flotilla__RoundConfig *rc, uint32_t n,
-                    void **round_ctx, uint64_t *num_values)
+                    const uint8_t (*keys)[32], void **round_ctx,
+                    uint64_t *num_values)
 {
     memset(te.sum, 0, sizeof te.sum);
     te.inputs = 0;
@@ -839,8 +840,11 @@ static int te_begin(void *ctx, const Flotilla__RoundConfig *rc, uint32_t n,
     return 0;
 }
 
-static int te_input(void *round_ctx, const Flotilla__MaskedInputResponse *m)
+static int te_handle(void *round_ctx, uint32_t sender, const fl_envelope_t *e)
 {
+    if (e->body_case != FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_RESPONSE)
+        return FL_EPROTO;
+    const Flotilla__MaskedInputResponse *m = e->masked_input_response;
     if (m->packed.len != 4 * T_VALUES)
         return FL_EFORMAT;
     for (int i = 0; i < T_VALUES; i++) {
@@ -873,7 +877,7 @@ static void te_end(void *round_ctx)
 }
 
 static const fl_server_engine_t test_engine = {
-    .begin = te_begin, .input = te_input, .finish = te_finish, .end = te_end};
+    .begin = te_begin, .handle = te_handle, .finish = te_finish, .end = te_end};
 
 /* Runs the loop until cond holds (bounded: fails instead of hanging). */
 #define RUN_UNTIL(fx, cond)                                                    \
