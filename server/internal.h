@@ -55,6 +55,7 @@ typedef struct {
     uint64_t round;
     uint32_t survivors; /* clients whose input is in the sum */
     int secagg;
+    uint64_t population; /* devices sampled from (accountant's q) */
     /* Borrowed from the server for the job's life, read-only. */
     const fl_server_config_t *cfg;
     const float *params; /* current global model [num_params] */
@@ -72,9 +73,10 @@ typedef struct {
     /* Loop thread, when a round starts: prepares the aggregation for the
      * RoundConfig (codec, secure aggregation) of the n invitees, whose
      * identity keys are keys[0..n) in participant order (client id i+1).
-     * Says how many values each client sends. *round_ctx is the engine's
-     * until end. */
-    int (*begin)(void *ctx, const Flotilla__RoundConfig *rc, uint32_t n,
+     * Says how many values each client sends. The engine may complete
+     * the codec fields it derives (before the invitations go out).
+     * *round_ctx is the engine's until end. */
+    int (*begin)(void *ctx, Flotilla__RoundConfig *rc, uint32_t n,
                  const uint8_t (*keys)[32], void **round_ctx,
                  uint64_t *num_values);
     /* Loop thread: one client message of the current phase (AdvertiseKeys,
@@ -105,8 +107,13 @@ typedef struct {
                   const fl_server_state_t *st, uint64_t population);
 } fl_server_engine_t;
 
-/* The engines of this build. */
+/* The engines of this build, with the server as ctx. */
 extern const fl_server_engine_t fl_server_engine_default;
+/* At start (after the state and the model are loaded): loads the signing
+ * key and publishes init-model as version 1 when nothing is published.
+ * At the end: wipes the key. */
+int fl_server_engine_open(fl_server_t *s, char *err, size_t errlen);
+void fl_server_engine_close(fl_server_t *s);
 
 /* ---- the server and its peers (server/server.c) --------------------------*/
 
@@ -148,6 +155,7 @@ struct fl_server {
                       owned; NULL before one is loaded */
     uint64_t num_params;
     fl_model_t *model; /* the model params came from, or NULL */
+    struct fl_artifact_key *signing_key; /* owned, or NULL */
 };
 
 /* For tests and the simulator: replace the engines (before start), and

@@ -540,6 +540,7 @@ static void start_finish(fl_server_round_t *r)
     r->fin.params = s->params;
     r->fin.num_params = s->num_params;
     r->fin.model = s->model;
+    r->fin.population = population(s);
     /* A deep copy of the state: the job edits it on another thread. */
     int rc = 0;
     r->fin.state = s->state;

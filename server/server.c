@@ -112,6 +112,10 @@ int fl_server_new(uv_loop_t *loop, const fl_server_config_t *cfg,
     rc = load_model(s, err, errlen);
     if (rc < 0)
         goto out;
+    s->engine_ctx = s;
+    rc = fl_server_engine_open(s, err, errlen);
+    if (rc < 0)
+        goto out;
     rc = fl_server_round_new(s, &s->round);
     if (rc < 0) {
         snprintf(err, errlen, "round engine: %s", fl_strerror(rc));
@@ -259,6 +263,7 @@ void fl_server_free(fl_server_t *s)
         fl_free(p);
     }
     fl_server_round_free(s->round);
+    fl_server_engine_close(s);
     fl_free(s->params);
     fl_model_free(s->model);
     fl_server_enrol_free(s->enrol);

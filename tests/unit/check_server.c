@@ -826,7 +826,7 @@ typedef struct {
 
 static test_engine_t te;
 
-static int te_begin(void *ctx, const Flotilla__RoundConfig *rc, uint32_t n,
+static int te_begin(void *ctx, Flotilla__RoundConfig *rc, uint32_t n,
                     const uint8_t (*keys)[32], void **round_ctx,
                     uint64_t *num_values)
 {
