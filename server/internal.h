@@ -144,7 +144,9 @@ struct fl_server {
     void *listener; /* the device listener (server/listen.c), or NULL */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t round_timer;
-    int handles_open; /* signals and timer, closed on stop */
+    uv_timer_t drain_timer; /* bounds the wait for peers to flush on stop */
+    int handles_open;       /* signals and timers, closed on stop */
+    int draining;
     int started, stopping;
     fl_server_peer_t *peers;
     uint8_t signing_pub[32]; /* the model signing key's public half */
@@ -194,6 +196,11 @@ void fl_server_round_peer_gone(fl_server_round_t *r, fl_server_peer_t *p);
 int fl_server_round_shutdown(fl_server_round_t *r);
 /* Called by the round once a shutdown may proceed. */
 void fl_server_stop_continue(fl_server_t *s);
+
+/* ---- the device listener (server/listen.c) -------------------------------*/
+int fl_server_listen_start(fl_server_t *s, char *err, size_t errlen);
+/* Closes the listener and every connection still open, at once. */
+void fl_server_listen_stop(fl_server_t *s);
 
 /* ---- model distribution (server/serve.c) ----------------------------------*/
 int fl_server_serve_manifest(fl_server_peer_t *p,

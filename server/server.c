@@ -160,8 +160,9 @@ int fl_server_start(fl_server_t *s, char *err, size_t errlen)
     uv_signal_init(s->loop, &s->sig_int);
     uv_signal_init(s->loop, &s->sig_hup);
     uv_timer_init(s->loop, &s->round_timer);
+    uv_timer_init(s->loop, &s->drain_timer);
     s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
-    s->round_timer.data = s;
+    s->round_timer.data = s->drain_timer.data = s;
     s->handles_open = 1;
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
@@ -179,6 +180,11 @@ int fl_server_start(fl_server_t *s, char *err, size_t errlen)
         }
         FL_INFO("metrics on http://%s:%d/metrics", s->cfg.metrics_listen,
                 fl_server_http_port(s->http));
+    }
+    rc = fl_server_listen_start(s, err, errlen);
+    if (rc < 0) {
+        fl_server_stop(s);
+        return rc;
     }
     FL_INFO("state %s: last round %llu, model version %llu, epsilon %.4g, "
             "%zu devices enrolled",
@@ -221,24 +227,46 @@ static void handle_closed(uv_handle_t *h)
     s->handles_open--;
 }
 
-/* The second half of stop: after the round is quiet. */
+/* The last step of stop: the listener and the server's own handles. */
+static void stop_finish(fl_server_t *s)
+{
+    if (!s->draining)
+        return;
+    s->draining = 0;
+    fl_server_listen_stop(s);
+    if (s->started && s->handles_open == 1) {
+        s->handles_open = 5;
+        uv_close((uv_handle_t *)&s->sig_term, handle_closed);
+        uv_close((uv_handle_t *)&s->sig_int, handle_closed);
+        uv_close((uv_handle_t *)&s->sig_hup, handle_closed);
+        uv_close((uv_handle_t *)&s->round_timer, handle_closed);
+        uv_close((uv_handle_t *)&s->drain_timer, handle_closed);
+    }
+    FL_INFO("stopped");
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    stop_finish(t->data);
+}
+
+/* The second half of stop: after the round is quiet. Peers are closed
+ * gracefully (their Abort and RoundResult go out first); the listener and
+ * the loop's handles go once they are all gone, or after 2 s. */
 void fl_server_stop_continue(fl_server_t *s)
 {
     int rc = fl_server_state_save(s->cfg.state_dir, &s->state);
     if (rc < 0)
         FL_ERROR("saving the state: %s", fl_strerror(rc));
-    for (fl_server_peer_t *p = s->peers; p; p = p->next)
-        fl_server_peer_close(p);
     fl_server_http_close(s->http);
     s->http = NULL;
-    if (s->started && s->handles_open == 1) {
-        s->handles_open = 4;
-        uv_close((uv_handle_t *)&s->sig_term, handle_closed);
-        uv_close((uv_handle_t *)&s->sig_int, handle_closed);
-        uv_close((uv_handle_t *)&s->sig_hup, handle_closed);
-        uv_close((uv_handle_t *)&s->round_timer, handle_closed);
-    }
-    FL_INFO("stopped");
+    s->draining = 1;
+    for (fl_server_peer_t *p = s->peers; p; p = p->next)
+        fl_server_peer_close(p);
+    if (!s->peers || !s->started)
+        stop_finish(s);
+    else
+        uv_timer_start(&s->drain_timer, on_drain_timeout, 2000, 0);
 }
 
 void fl_server_stop(fl_server_t *s)
@@ -372,6 +400,7 @@ void fl_server_peer_refuse(fl_server_peer_t *p, int err, const char *msg)
 int fl_server_peer_open(fl_server_t *s, const fl_server_peer_ops_t *ops,
                         void *ctx, fl_server_peer_t **out)
 {
+    *out = NULL;
     if (s->stopping)
         return FL_ECLOSED;
     fl_server_peer_t *p = fl_calloc(1, sizeof *p);
@@ -419,6 +448,8 @@ void fl_server_peer_closed(fl_server_peer_t *p)
     if (p->next)
         p->next->prev = p->prev;
     fl_free(p);
+    if (s->draining && !s->peers)
+        stop_finish(s);
 }
 
 static int on_hello(fl_server_peer_t *p, const Flotilla__ClientHello *h)

@@ -319,15 +319,19 @@ void fl_server_free(fl_server_t *s);
  * 0 after a clean stop, or an FL_E* code. */
 int fl_server_run(const fl_server_config_t *cfg);
 
-/* Bound ports (after start), for tests and logs. */
+/* Bound ports (after start; 0 when not listening), for tests and logs. */
 int fl_server_metrics_port(const fl_server_t *s);
+int fl_server_port(const fl_server_t *s);
 const fl_server_metrics_t *fl_server_metrics(const fl_server_t *s);
 /* The server's view of its state (borrowed). */
 const fl_server_state_t *fl_server_state(const fl_server_t *s);
 
 /* A transport accepted a connection: the server sends its ServerHello
  * through ops and returns the peer handle (owned by the server, valid
- * until fl_server_peer_closed). ctx is borrowed and passed to ops. */
+ * until fl_server_peer_closed). ctx is borrowed and passed to ops. *out is
+ * set whenever the peer was registered, even when the hello could not be
+ * sent (the peer is then closing and the transport still reports
+ * fl_server_peer_closed); it is NULL when nothing was registered. */
 int fl_server_peer_open(fl_server_t *s, const fl_server_peer_ops_t *ops,
                         void *ctx, fl_server_peer_t **out);
 /* One complete frame payload (the Envelope bytes, without the length).
