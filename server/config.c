@@ -136,7 +136,8 @@ static const fl_cfg_opt_t server_opts[] = {
     {"degree", FL_CFG_INT, OFF(degree), "0", 0, 100000, NULL, NULL,
      "neighbours per device in a Harary graph (0 = automatic)"},
     {"threshold", FL_CFG_INT, OFF(threshold), "0", 0, 100000, NULL, NULL,
-     "t: shares needed to unmask (0 = a majority, at least min-clients)"},
+     "t: neighbours' shares needed to unmask a client (0 = a majority of its "
+     "neighbours)"},
     {"prg", FL_CFG_ENUM, OFF(prg), "aes256-ctr", NOB, "aes256-ctr|chacha20",
      NULL, "mask generator"},
     /* local training */
@@ -240,10 +241,12 @@ uint32_t fl_server_config_threshold(const fl_server_config_t *c, uint32_t n)
 {
     if (c->threshold)
         return (uint32_t)c->threshold;
-    uint32_t t = n / 2 + 1;
-    if (t < (uint32_t)c->min_clients)
-        t = (uint32_t)c->min_clients;
-    return t > n ? n : t;
+    /* Shares are held by a client's neighbours: a majority of them. */
+    uint32_t deg = c->graph == FL_SERVER_GRAPH_HARARY && c->degree
+                       ? (uint32_t)c->degree
+                       : n - 1;
+    uint32_t t = deg / 2 + 1;
+    return t < 2 ? 2 : t;
 }
 
 #define FAIL(...)                                                              \
@@ -291,17 +294,16 @@ int fl_server_config_check(const fl_server_config_t *c, char *err,
                  "bits (needs %u)",
                  (long long)c->ring_bits, n, (long long)c->quant_bits, need);
     }
-    uint32_t t = fl_server_config_threshold(c, n);
-    if (c->secagg && t < (uint32_t)c->min_clients)
-        FAIL("threshold %u is below min-clients %lld", t,
-             (long long)c->min_clients);
-    if (c->secagg && c->threshold && (uint32_t)c->threshold > n)
-        FAIL("threshold %lld is larger than the %u invitees",
+    if (c->secagg && n < 3)
+        FAIL("secure aggregation needs at least 3 invitees (cohort x "
+             "over-selection is %u)",
+             n);
+    if (c->secagg && c->threshold && (uint32_t)c->threshold >= n)
+        FAIL("threshold %lld must be below the %u invitees (shares are held "
+             "by a client's neighbours)",
              (long long)c->threshold, n);
-    if (c->secagg && c->threshold && (uint32_t)c->threshold <= n / 2)
-        FAIL("threshold %lld is not a majority of %u invitees; the server "
-             "could unmask a single device",
-             (long long)c->threshold, n);
+    if (c->secagg && c->threshold == 1)
+        FAIL("threshold 1 would let any single neighbour unmask a client");
     if (c->graph == FL_SERVER_GRAPH_HARARY && c->degree &&
         (uint32_t)c->degree >= n)
         FAIL("degree %lld must be below the %u invitees", (long long)c->degree,

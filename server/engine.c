@@ -107,6 +107,18 @@ static int eng_begin(void *ctx, Flotilla__RoundConfig *rc, uint32_t n,
         goto out;
     er->D = fl_compress_space_dim(er->codec);
     er->m = fl_compress_value_count(er->codec);
+    if (er->secagg && rc->secagg->graph == FLOTILLA__GRAPH_KIND__GRAPH_HARARY &&
+        s->cfg.degree == 0) {
+        /* SecAgg+ parameters for up to 5% corrupt and 20% dropping. */
+        fl_secagg_params_t p;
+        rc_ = fl_secagg_params_find(n, 0.05, 0.2, &p);
+        if (rc_ < 0)
+            goto out;
+        rc->secagg->graph = p.graph;
+        rc->secagg->degree = p.degree;
+        if (!s->cfg.threshold)
+            rc->secagg->threshold = p.threshold;
+    }
     if (er->secagg) {
         fl_secagg_round_t round;
         memset(&round, 0, sizeof round);

@@ -47,6 +47,8 @@ typedef struct {
     fl_server_peer_t *peer; /* NULL once the client dropped */
     uint32_t id;            /* 1..n, the round-local id */
     int answered;           /* answered in the current phase */
+    int early; /* already answered the phase after the invitation: its
+                  first message may follow its acceptance at once */
     int accepted;
     int in_sum; /* its input is in the accumulator */
 } participant_t;
@@ -58,7 +60,8 @@ struct fl_server_round {
     uint8_t nonce[32];
     participant_t *parts;
     uint32_t n;         /* invited */
-    uint32_t threshold; /* survivors needed to go on */
+    uint32_t threshold; /* survivors needed to go on (min-clients); the
+                           secagg threshold t is the engine's to enforce */
     uint64_t num_values;
     void *ectx; /* the engine's round context */
     uv_timer_t deadline;
@@ -150,8 +153,10 @@ static void enter(fl_server_round_t *r, int state)
     }
     r->state = state;
     r->phase_start = now;
-    for (uint32_t i = 0; i < r->n; i++)
-        r->parts[i].answered = 0;
+    for (uint32_t i = 0; i < r->n; i++) {
+        r->parts[i].answered = r->parts[i].early;
+        r->parts[i].early = 0;
+    }
 }
 
 /* Detaches p from the round without counting a dropout. */
@@ -283,7 +288,7 @@ static void fill_config(const fl_server_round_t *r, Flotilla__RoundConfig *rc,
     rc->codec = cc;
 
     sc->enabled = c->secagg;
-    sc->threshold = r->threshold;
+    sc->threshold = fl_server_config_threshold(c, r->n);
     sc->degree = c->graph == FL_SERVER_GRAPH_COMPLETE || !c->degree
                      ? r->n - 1
                      : (uint32_t)c->degree;
@@ -378,10 +383,7 @@ void fl_server_round_tick(fl_server_round_t *r)
         goto retry;
     r->n = n;
     r->round = s->state.round + 1;
-    r->threshold =
-        c->secagg ? fl_server_config_threshold(c, n) : (uint32_t)c->min_clients;
-    if (r->threshold < (uint32_t)c->min_clients)
-        r->threshold = (uint32_t)c->min_clients;
+    r->threshold = (uint32_t)c->min_clients;
     randombytes_buf(r->nonce, sizeof r->nonce);
     for (uint32_t i = 0; i < n; i++) {
         r->parts[i].peer = pool[i];
@@ -592,7 +594,7 @@ static void advance(fl_server_round_t *r)
     if (r->state != RS_INVITE && r->s->engine->close && left >= r->threshold) {
         int crc = r->s->engine->close(r->ectx, ph);
         if (crc == FL_ETHRESHOLD) {
-            left = 0; /* the engine counts fewer than the threshold */
+            left = 0; /* too few shares or inputs for the engine */
         } else if (crc < 0) {
             FL_ERROR("round %llu: closing the %s phase: %s",
                      (unsigned long long)r->round, fl_server_phase_name(ph),
@@ -772,7 +774,15 @@ int fl_server_round_on_message(fl_server_round_t *r, fl_server_peer_t *p,
     default:
         return FL_EPROTO;
     }
-    if (r->state != expected || pt->answered)
+    /* A client acts on its own in the phase after the invitation (it
+     * advertises keys, or sends its input without secure aggregation), so
+     * that message may arrive before the other invitees have answered. */
+    int first = r->s->cfg.secagg ? RS_ADVERTISE : RS_MASKED;
+    int early = r->state == RS_INVITE && expected == first && pt->accepted &&
+                pt->answered;
+    if (early && pt->early)
+        return FL_EDUPLICATE;
+    if (!early && (r->state != expected || pt->answered))
         return pt->answered ? FL_EDUPLICATE : FL_ESTATE;
     switch (e->body_case) {
     case FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT:
@@ -796,6 +806,10 @@ int fl_server_round_on_message(fl_server_round_t *r, fl_server_peer_t *p,
     }
     if (rc < 0)
         return rc; /* the caller closes the peer, which drops it */
+    if (early) {
+        pt->early = 1;
+        return 0;
+    }
     pt->answered = 1;
     maybe_advance(r);
     return 0;

@@ -64,13 +64,15 @@ int fl_server_serve_manifest(fl_server_peer_t *p,
         rc = fl_file_read_all(path, 1024, &sig, &slen);
     if (rc == 0) {
         /* raw 64 bytes, or 128 hex digits and optional whitespace */
-        while (slen && isspace(sig[slen - 1]))
-            slen--;
-        if (slen == 64)
+        if (slen == 64) {
             memcpy(raw, sig, 64);
-        else if (slen != 128 ||
-                 fl_hex_decode(raw, 64, (const char *)sig, slen) < 0)
-            rc = FL_EFORMAT;
+        } else {
+            while (slen && isspace(sig[slen - 1]))
+                slen--;
+            if (slen != 128 ||
+                fl_hex_decode(raw, 64, (const char *)sig, slen) < 0)
+                rc = FL_EFORMAT;
+        }
     }
     if (rc < 0) {
         if (rc != FL_ENOENT)

@@ -152,8 +152,8 @@ int fl_server_config_copy(fl_server_config_t *dst,
 /* Derived numbers (valid after fl_server_config_check). */
 uint32_t fl_server_config_invitees(const fl_server_config_t *c);
 uint32_t fl_server_config_ring_bits(const fl_server_config_t *c);
-/* Threshold t for n invited clients: the configured one, or a majority
- * that is at least min_clients. */
+/* The secure-aggregation threshold t for n invitees: the configured one,
+ * or a majority of a client's neighbours (at least 2). */
 uint32_t fl_server_config_threshold(const fl_server_config_t *c, uint32_t n);
 
 /* ---- enrolment ------------------------------------------------------------

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <regex.h>
 #include <signal.h>
@@ -192,6 +193,7 @@ START_TEST(test_config_defaults_and_flags)
     ck_assert_int_eq(fl_server_config_check(&c, err, sizeof err), 0);
     ck_assert_uint_eq(fl_server_config_invitees(&c), 13);
     ck_assert_uint_eq(fl_server_config_threshold(&c, 13), 7);
+    ck_assert_uint_eq(fl_server_config_threshold(&c, 4), 2);
     ck_assert_uint_eq(fl_server_config_ring_bits(&c), 8 + 4 + 1);
     fl_server_config_free(&c);
     fl_test_rmtree(dir);
@@ -212,7 +214,9 @@ START_TEST(test_config_refusals)
         {"quant-bits = 16\ncohort = 40000\nover-selection = 1\n", "at most 32"},
         {"transport = tls\n", "tls-cert"},
         {"transport = tls\ntls-cert = a\ntls-key = b\nmtls = true\n", "tls-ca"},
-        {"threshold = 3\n", "not a majority"},
+        {"threshold = 13\n", "below the 13"},
+        {"threshold = 1\n", "single neighbour"},
+        {"cohort = 2\nmin-clients = 2\nover-selection = 1\n", "at least 3"},
         {"support = random-k\n", "support-size"},
     };
     for (size_t i = 0; i < FL_ARRAY_LEN(cases); i++) {
@@ -1232,6 +1236,455 @@ START_TEST(test_cli_enrol)
 }
 END_TEST
 
+/* ---- integration: real TLS, the real engines ------------------------------
+ * Built once net/, secagg/, compress/, artifact/ and server/dp|optim are on
+ * main. Four enrolled devices connect over TLS 1.3 to a server on
+ * 127.0.0.1; one fetches the signed manifest and the model in chunks; all
+ * take part in a round driven by the secagg client engine, and the device
+ * with id 2 drops before sending its masked input. The published version
+ * must verify (artifact and openssl pkeyutl) and equal the previous model
+ * plus the FedAvg step on the noised mean of the survivors' decoded
+ * updates, recomputed here with the same noise seed. */
+#if defined(__has_include)
+#if __has_include("net/net.h") &&                                              \
+                  __has_include(                                               \
+                      "secagg/secagg.h") &&                                    \
+                      __has_include(                                           \
+                          "compress/compress.h") &&                            \
+                          __has_include("server/dp.h") &&                      \
+                                        __has_include("artifact/artifact.h")
+#define HAVE_ENGINES 1
+#endif
+#endif
+
+#ifdef HAVE_ENGINES
+#include "artifact/artifact.h"
+#include "compress/compress.h"
+#include "net/net.h"
+#include "secagg/secagg.h"
+#include "server/dp.h"
+
+#define IC_N       4
+#define IC_NOISE_Z 0.5
+#define IC_SEED    4242
+
+typedef struct {
+    int idx;
+    uint8_t pk[32], sk[64];
+    fl_net_conn_t *conn;
+    fl_secagg_client_t *sa;
+    fl_compress_t *codec;
+    uint32_t id, n;
+    uint64_t round, d, m;
+    unsigned ring_bits;
+    uint32_t *ring; /* what it sent (before masking) */
+    int hello_ok, got_result, success, closed, dropped, sent_input;
+    /* client 0: the model download */
+    uint8_t *dl;
+    uint64_t dl_len, dl_total;
+    int manifest_ok, download_done;
+} iclient_t;
+
+static iclient_t ic[IC_N];
+static uint8_t ic_sign_pk[32];
+
+static void ic_send(iclient_t *c, Flotilla__Envelope *e)
+{
+    e->protocol_version = FL_PROTOCOL_VERSION;
+    size_t n = flotilla__envelope__get_packed_size(e);
+    uint8_t *buf = fl_malloc(n);
+    flotilla__envelope__pack(e, buf);
+    ck_assert_int_ge(fl_net_send(c->conn, buf, n), 0);
+    fl_free(buf);
+}
+
+static void ic_chunk_request(iclient_t *c)
+{
+    Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
+    Flotilla__ChunkRequest r = FLOTILLA__CHUNK_REQUEST__INIT;
+    r.version = 1;
+    r.file = "model.bin";
+    r.offset = c->dl_len;
+    r.length = 4000; /* small chunks: the download resumes by offset */
+    e.body_case = FLOTILLA__ENVELOPE__BODY_CHUNK_REQUEST;
+    e.chunk_request = &r;
+    ic_send(c, &e);
+}
+
+static void ic_delta(float *x, uint64_t d, int idx)
+{
+    for (uint64_t j = 0; j < d; j++)
+        x[j] = 0.002f * (float)sin((double)j * 0.37 * (idx + 1)) +
+               0.001f * (float)idx;
+}
+
+static void ic_on_invite(iclient_t *c, Flotilla__RoundConfig *rc)
+{
+    fl_compress_config_t cc;
+    fl_compress_config_init(&cc);
+    ck_assert_int_eq(rc->codec->support, FLOTILLA__SUPPORT_KIND__SUPPORT_DENSE);
+    cc.support = FL_COMPRESS_SUPPORT_DENSE;
+    cc.quant_bits = rc->codec->quant_bits;
+    cc.rotate = rc->codec->rotate;
+    cc.rotation_seed = rc->codec->rotation_seed;
+    cc.clip_norm = rc->codec->clip_norm;
+    cc.range_factor = rc->codec->range_factor;
+    cc.scale = rc->codec->scale;
+    cc.quant_seed = rc->codec->quant_seed;
+    cc.secagg = 1;
+    cc.ring_bits = rc->codec->ring_bits;
+    cc.max_summands = rc->codec->max_summands;
+    ck_assert_uint_eq(rc->codec->max_summands, rc->secagg->n_participants);
+    c->d = rc->num_params;
+    c->id = rc->client_id;
+    c->n = (uint32_t)rc->secagg->n_participants;
+    c->round = rc->round;
+    c->ring_bits = rc->codec->ring_bits;
+    ck_assert_int_eq(fl_compress_new(&c->codec, &cc, c->d), 0);
+    c->m = fl_compress_value_count(c->codec);
+    fl_secagg_round_t round;
+    memset(&round, 0, sizeof round);
+    round.round = rc->round;
+    memcpy(round.round_nonce, rc->round_nonce.data, 32);
+    round.dim = c->m;
+    round.config = rc->secagg;
+    ck_assert_int_eq(fl_secagg_client_new(&round, c->id, c->sk, &c->sa), 0);
+
+    Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
+    Flotilla__RoundAccept a = FLOTILLA__ROUND_ACCEPT__INIT;
+    a.round = rc->round;
+    a.accept = 1;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT;
+    e.round_accept = &a;
+    ic_send(c, &e);
+    Flotilla__AdvertiseKeys *adv = NULL;
+    ck_assert_int_eq(fl_secagg_client_advertise(c->sa, &adv), 0);
+    Flotilla__Envelope e2 = FLOTILLA__ENVELOPE__INIT;
+    e2.body_case = FLOTILLA__ENVELOPE__BODY_ADVERTISE_KEYS;
+    e2.advertise_keys = adv;
+    ic_send(c, &e2);
+    fl_secagg_msg_free(adv);
+}
+
+static void ic_on_frame(fl_net_conn_t *conn, const uint8_t *p, size_t len)
+{
+    iclient_t *c = fl_net_conn_data(conn);
+    fl_envelope_t *e = NULL;
+    ck_assert_int_eq(fl_proto_decode(p, len, 1u << 26, &e), 0);
+    Flotilla__Envelope out = FLOTILLA__ENVELOPE__INIT;
+    switch (e->body_case) {
+    case FLOTILLA__ENVELOPE__BODY_SERVER_HELLO: {
+        /* The server announces the key that signs models. */
+        ck_assert_uint_eq(e->server_hello->model_signing_key.len, 32);
+        ck_assert_mem_eq(e->server_hello->model_signing_key.data, ic_sign_pk,
+                         32);
+        Flotilla__ClientHello h = FLOTILLA__CLIENT_HELLO__INIT;
+        uint8_t sig[64];
+        sign_hello(&h, sig, c->pk, c->sk, e->server_hello->nonce.data);
+        out.body_case = FLOTILLA__ENVELOPE__BODY_CLIENT_HELLO;
+        out.client_hello = &h;
+        ic_send(c, &out);
+        break;
+    }
+    case FLOTILLA__ENVELOPE__BODY_HELLO_RESULT:
+        ck_assert(e->hello_result->accepted);
+        ck_assert_uint_eq(e->hello_result->current_model_version, 1);
+        c->hello_ok = 1;
+        if (c->idx == 0) {
+            Flotilla__ManifestRequest mr = FLOTILLA__MANIFEST_REQUEST__INIT;
+            out.body_case = FLOTILLA__ENVELOPE__BODY_MANIFEST_REQUEST;
+            out.manifest_request = &mr;
+            ic_send(c, &out);
+        }
+        break;
+    case FLOTILLA__ENVELOPE__BODY_MANIFEST_RESPONSE: {
+        Flotilla__ManifestResponse *m = e->manifest_response;
+        ck_assert_uint_eq(m->version, 1);
+        ck_assert_uint_eq(m->signature.len, 64);
+        ck_assert_int_eq(
+            fl_artifact_sig_verify(ic_sign_pk, m->manifest_json.data,
+                                   m->manifest_json.len, m->signature.data),
+            0);
+        c->manifest_ok = 1;
+        ic_chunk_request(c);
+        break;
+    }
+    case FLOTILLA__ENVELOPE__BODY_CHUNK: {
+        Flotilla__Chunk *k = e->chunk;
+        ck_assert_uint_eq(k->offset, c->dl_len);
+        ck_assert_uint_le(k->data.len, 4000);
+        c->dl_total = k->total_size;
+        c->dl = fl_realloc(c->dl, c->dl_len + k->data.len + 1);
+        memcpy(c->dl + c->dl_len, k->data.data, k->data.len);
+        c->dl_len += k->data.len;
+        if (c->dl_len < c->dl_total)
+            ic_chunk_request(c);
+        else
+            c->download_done = 1;
+        break;
+    }
+    case FLOTILLA__ENVELOPE__BODY_ROUND_INVITE:
+        ic_on_invite(c, e->round_invite->config);
+        break;
+    case FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_REQUEST: {
+        Flotilla__ShareKeysResponse *r = NULL;
+        ck_assert_int_eq(
+            fl_secagg_client_share_keys(c->sa, e->share_keys_request, &r), 0);
+        out.body_case = FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_RESPONSE;
+        out.share_keys_response = r;
+        ic_send(c, &out);
+        fl_secagg_msg_free(r);
+        break;
+    }
+    case FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_REQUEST: {
+        if (c->n == IC_N && c->id == 2) { /* drops out here */
+            c->dropped = 1;
+            fl_net_conn_close(conn, FL_ECLOSED);
+            break;
+        }
+        float *x = fl_malloc(c->d * sizeof(float));
+        c->ring = fl_calloc(c->m, sizeof(uint32_t));
+        ic_delta(x, c->d, c->idx);
+        fl_rng_t rng;
+        fl_rng_seed(&rng, 1000 + (uint64_t)c->idx);
+        ck_assert_int_eq(
+            fl_compress_encode_ring(c->codec, c->ring, x, NULL, &rng, NULL), 0);
+        fl_free(x);
+        Flotilla__MaskedInputResponse *r = NULL;
+        ck_assert_int_eq(fl_secagg_client_masked_input(
+                             c->sa, e->masked_input_request, c->ring, &r),
+                         0);
+        out.body_case = FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_RESPONSE;
+        out.masked_input_response = r;
+        ic_send(c, &out);
+        fl_secagg_msg_free(r);
+        c->sent_input = 1;
+        break;
+    }
+    case FLOTILLA__ENVELOPE__BODY_UNMASKING_REQUEST: {
+        Flotilla__UnmaskingResponse *r = NULL;
+        ck_assert_int_eq(
+            fl_secagg_client_unmask(c->sa, e->unmasking_request, &r), 0);
+        out.body_case = FLOTILLA__ENVELOPE__BODY_UNMASKING_RESPONSE;
+        out.unmasking_response = r;
+        ic_send(c, &out);
+        fl_secagg_msg_free(r);
+        break;
+    }
+    case FLOTILLA__ENVELOPE__BODY_ROUND_RESULT:
+        c->got_result = 1;
+        c->success = e->round_result->success;
+        if (c->success) {
+            ck_assert_uint_eq(e->round_result->new_model_version, 2);
+            ck_assert_uint_eq(e->round_result->survivors, 3);
+            ck_assert(e->round_result->epsilon > 0);
+        }
+        break;
+    default:
+        break;
+    }
+    fl_proto_free(e);
+}
+
+static void ic_on_close(fl_net_conn_t *conn, int reason)
+{
+    iclient_t *c = fl_net_conn_data(conn);
+    c->closed = 1;
+    c->conn = NULL;
+}
+
+static void ic_on_open(fl_net_conn_t *conn)
+{
+}
+
+START_TEST(test_integration_tls_round)
+{
+    fixture_t fx;
+    fake_t keys[IC_N];
+    char err[512] = "", path[600], cmd[1024], certs[300], key[400];
+    const fl_cfg_table_t *t = fl_server_config_table();
+    memset(ic, 0, sizeof ic);
+    fixture_new(&fx, IC_N, keys, IC_N);
+    /* TLS material, the signing key and the initial model. */
+    snprintf(certs, sizeof certs, "%s/tls", fx.dir);
+    fl_test_srcpath(path, sizeof path, "deploy/make-ca.sh");
+    ck_assert_int_eq(fl_test_system("sh %s --out %s --server-name localhost "
+                                    "--server-ip 127.0.0.1 >/dev/null 2>&1",
+                                    path, certs),
+                     0);
+    fl_artifact_key_t *sk = NULL;
+    ck_assert_int_eq(fl_artifact_key_generate(&sk), 0);
+    fl_artifact_key_public(sk, ic_sign_pk);
+    snprintf(key, sizeof key, "%s/sign", fx.dir);
+    ck_assert_int_eq(fl_artifact_key_save(sk, key), 0);
+    fl_artifact_key_free(sk);
+    fl_model_config_t mc;
+    fl_model_config_default(&mc);
+    mc.dim = 16;
+    mc.hidden_dim = 32;
+    mc.n_layers = 1;
+    mc.n_heads = 2;
+    mc.n_kv_heads = 1;
+    mc.seq_len = 16;
+    fl_model_t *model = NULL;
+    ck_assert_int_eq(fl_model_new(&mc, &model), 0);
+    fl_model_init_weights(model, 7);
+    snprintf(path, sizeof path, "%s/init.bin", fx.dir);
+    ck_assert_int_eq(fl_model_save(model, path, 0), 0);
+    uint64_t d = fl_model_num_params(model);
+    float *x0 = fl_malloc(d * sizeof(float));
+    memcpy(x0, fl_model_params(model), d * sizeof(float));
+    fl_model_free(model);
+
+    static const char *const kv[][2] = {
+        {"transport", "tls"},
+        {"listen", "127.0.0.1"},
+        {"port", "0"},
+        {"cohort", "4"},
+        {"over-selection", "1.0"},
+        {"min-clients", "3"},
+        {"rounds", "1"},
+        {"round-interval-ms", "1000"},
+        {"support", "dense"},
+        {"quant-bits", "8"},
+        {"noise-multiplier", "0.5"},
+        {"noise-seed", "4242"},
+        {"server-lr", "1.0"},
+        {"population", "100"},
+        {"epsilon-budget", "50"},
+    };
+    for (size_t i = 0; i < FL_ARRAY_LEN(kv); i++)
+        ck_assert_int_eq(
+            fl_cfg_set(t, &fx.cfg, kv[i][0], kv[i][1], err, sizeof err), 0);
+    snprintf(cmd, sizeof cmd, "%s/server.crt", certs);
+    fl_cfg_set(t, &fx.cfg, "tls-cert", cmd, err, sizeof err);
+    snprintf(cmd, sizeof cmd, "%s/server.key", certs);
+    fl_cfg_set(t, &fx.cfg, "tls-key", cmd, err, sizeof err);
+    snprintf(cmd, sizeof cmd, "%s.key", key);
+    fl_cfg_set(t, &fx.cfg, "signing-key", cmd, err, sizeof err);
+    fl_cfg_set(t, &fx.cfg, "init-model", path, err, sizeof err);
+    fixture_start(&fx, NULL, NULL);
+    ck_assert_uint_eq(fl_server_state(fx.s)->model_version, 1);
+    int port = fl_server_port(fx.s);
+    ck_assert_int_gt(port, 0);
+
+    /* The devices, over TLS 1.3, verifying the server's certificate. */
+    fl_net_tls_t *ctls = NULL;
+    snprintf(cmd, sizeof cmd, "%s/ca.crt", certs);
+    fl_net_tls_opts_t to = {.ca_file = cmd};
+    ck_assert_int_eq(fl_net_tls_client_new(&to, &ctls), 0);
+    for (int i = 0; i < IC_N; i++) {
+        ic[i].idx = i;
+        memcpy(ic[i].pk, keys[i].pk, 32);
+        memcpy(ic[i].sk, keys[i].sk, 64);
+        fl_net_connect_opts_t o;
+        fl_net_connect_opts_init(&o);
+        o.host = "127.0.0.1";
+        o.port = port;
+        o.tls = ctls;
+        o.cb.on_open = ic_on_open;
+        o.cb.on_frame = ic_on_frame;
+        o.cb.on_close = ic_on_close;
+        o.data = &ic[i];
+        ck_assert_int_eq(fl_net_connect(&fx.loop, &o, &ic[i].conn), 0);
+    }
+    fl_net_tls_free(ctls);
+    /* rounds = 1: the server stops itself after the round. */
+    RUN_UNTIL(&fx, fx.s->stopping && ic[0].closed && ic[1].closed &&
+                       ic[2].closed && ic[3].closed);
+
+    int survivors = 0;
+    uint32_t *sum = fl_calloc(ic[0].m, sizeof(uint32_t));
+    for (int i = 0; i < IC_N; i++) {
+        ck_assert(ic[i].hello_ok);
+        if (ic[i].dropped) {
+            ck_assert(!ic[i].got_result);
+            continue;
+        }
+        ck_assert_msg(ic[i].got_result && ic[i].success, "client %d", i);
+        fl_compress_ring_add(sum, ic[i].ring, ic[i].m, ic[i].ring_bits);
+        survivors++;
+    }
+    ck_assert_int_eq(survivors, 3);
+    /* The download by chunks equals the published version 1. */
+    ck_assert(ic[0].manifest_ok && ic[0].download_done);
+    uint8_t *v1 = NULL;
+    size_t v1len = 0;
+    snprintf(path, sizeof path, "%s/models/v000000000001/model.bin", fx.dir);
+    ck_assert_int_eq(fl_file_read_all(path, 1u << 26, &v1, &v1len), 0);
+    ck_assert_uint_eq(v1len, ic[0].dl_len);
+    ck_assert_mem_eq(v1, ic[0].dl, v1len);
+    fl_free(v1);
+
+    /* Recompute the step: decode, the same seeded noise, FedAvg lr 1. */
+    const fl_server_state_t *st = fl_server_state(fx.s);
+    ck_assert_uint_eq(st->round, 1);
+    ck_assert_uint_eq(st->model_version, 2);
+    float *g = fl_calloc(d, sizeof(float));
+    ck_assert_int_eq(fl_compress_decode_ring_sum(ic[0].codec, g, sum, 1.0), 0);
+    uint8_t in[16], seed[32];
+    for (int i = 0; i < 8; i++) {
+        in[i] = (uint8_t)((uint64_t)IC_SEED >> (8 * i));
+        in[8 + i] = (uint8_t)((uint64_t)1 >> (8 * i));
+    }
+    crypto_generichash(seed, sizeof seed, in, sizeof in, NULL, 0);
+    fl_dp_noise_t *nz = fl_dp_noise_new(seed);
+    double sens = fl_compress_sensitivity(fl_compress_config(ic[0].codec), d);
+    ck_assert_int_eq(fl_dp_noised_mean(nz, g, g, d, IC_NOISE_Z * sens, 4.0), 0);
+    fl_dp_noise_free(nz);
+    snprintf(path, sizeof path, "%s/%s/model.bin", fx.dir, st->model_dir);
+    fl_model_t *pub = NULL;
+    ck_assert_int_eq(fl_model_load(path, &pub), 0);
+    ck_assert_uint_eq(fl_model_num_params(pub), d);
+    const float *x1 = fl_model_params(pub);
+    double maxdiff = 0, maxstep = 0;
+    for (uint64_t i = 0; i < d; i++) {
+        double want = (double)x0[i] + (double)g[i];
+        maxdiff = fmax(maxdiff, fabs(want - (double)x1[i]));
+        maxstep = fmax(maxstep, fabs((double)g[i]));
+    }
+    ck_assert_msg(maxdiff < 1e-6, "published model differs by %g", maxdiff);
+    ck_assert(maxstep > 1e-4); /* the step is not trivially zero */
+    fl_model_free(pub);
+
+    /* The version verifies: artifact's verifier, and openssl on its own. */
+    snprintf(path, sizeof path, "%s/%s", fx.dir, st->model_dir);
+    ck_assert_int_eq(
+        fl_artifact_verify_dir(path, ic_sign_pk, NULL, err, sizeof err), 0);
+    uint8_t der[44] = {0x30, 0x2a, 0x30, 0x05, 0x06, 0x03,
+                       0x2b, 0x65, 0x70, 0x03, 0x21, 0x00};
+    memcpy(der + 12, ic_sign_pk, 32);
+    char b64[100], pem[400];
+    sodium_bin2base64(b64, sizeof b64, der, sizeof der,
+                      sodium_base64_VARIANT_ORIGINAL);
+    snprintf(pem, sizeof pem, "%s/sign.pem", fx.dir);
+    snprintf(cmd, sizeof cmd,
+             "-----BEGIN PUBLIC KEY-----\n%s\n-----END PUBLIC KEY-----\n", b64);
+    write_file(pem, cmd);
+    ck_assert_int_eq(fl_test_system("openssl pkeyutl -verify -pubin -inkey %s "
+                                    "-rawin -in %s/manifest.json -sigfile "
+                                    "%s/manifest.sig >/dev/null 2>&1",
+                                    pem, path, path),
+                     0);
+    const fl_server_metrics_t *m = fl_server_metrics(fx.s);
+    ck_assert_uint_eq(m->rounds_completed, 1);
+    ck_assert_uint_eq(m->dropouts[FL_SERVER_PHASE_MASKED_INPUT], 1);
+    ck_assert(m->epsilon > 0 && m->epsilon < 50);
+
+    for (int i = 0; i < IC_N; i++) {
+        fl_secagg_client_free(ic[i].sa);
+        fl_compress_free(ic[i].codec);
+        fl_free(ic[i].ring);
+        fl_free(ic[i].dl);
+    }
+    fl_free(sum);
+    fl_free(g);
+    fl_free(x0);
+    fixture_free(&fx, keys, 0);
+}
+END_TEST
+#endif /* HAVE_ENGINES */
+
 Suite *check_server_suite(void)
 {
     Suite *s = suite_create("server");
@@ -1255,5 +1708,11 @@ Suite *check_server_suite(void)
     tcase_add_test(pc, test_process_refuses_corrupt_state);
     tcase_add_test(pc, test_cli_enrol);
     suite_add_tcase(s, pc);
+#ifdef HAVE_ENGINES
+    TCase *ic_ = tcase_create("integration");
+    tcase_set_timeout(ic_, 80);
+    tcase_add_test(ic_, test_integration_tls_round);
+    suite_add_tcase(s, ic_);
+#endif
     return s;
 }
