@@ -447,6 +447,100 @@ const fl_server_engine_t fl_server_engine_default = {
     .budget = eng_budget,
 };
 
+/* A crash after a version was published and before the state naming it
+ * was written leaves models/current one version ahead of the state. That
+ * version was never announced (RoundResult and model serving follow the
+ * state), but its noise was drawn: it is adopted and its round charged to
+ * the accountant, so the privacy spent is never under-counted. */
+static int reconcile(fl_server_t *s, char *err, size_t errlen)
+{
+    char root[4096], dir[4096], mpath[4096];
+    const char *base;
+    uint64_t v = 0;
+    fl_artifact_manifest_t *man = NULL;
+    fl_dp_accountant_t *acc = NULL;
+    uint8_t *mj = NULL;
+    size_t mjlen = 0;
+    fl_buf_t b;
+    fl_buf_init(&b, SIZE_MAX);
+    int rc = fl_path_join(root, sizeof root, s->cfg.state_dir, MODELS_DIR);
+    if (rc == 0)
+        rc = fl_artifact_current(root, dir, sizeof dir, &v);
+    if (rc == FL_ENOENT || (rc == 0 && v <= s->state.model_version)) {
+        rc = 0;
+        goto out;
+    }
+    if (rc < 0) {
+        snprintf(err, errlen, "%s: %s", root, fl_strerror(rc));
+        goto out;
+    }
+    if (v != s->state.model_version + 1) {
+        snprintf(err, errlen,
+                 "%s/current is version %llu but the state names version "
+                 "%llu; refusing to start",
+                 root, (unsigned long long)v,
+                 (unsigned long long)s->state.model_version);
+        rc = FL_ESTATE;
+        goto out;
+    }
+    char why[256] = "";
+    rc = fl_artifact_verify_dir(dir, s->signing_pub, &man, why, sizeof why);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s: %s; refusing to start", dir, why);
+        goto out;
+    }
+    rc = fl_path_join(mpath, sizeof mpath, dir, FL_ARTIFACT_MANIFEST);
+    if (rc == 0)
+        rc = fl_file_read_all(mpath, FL_ARTIFACT_MANIFEST_MAX, &mj, &mjlen);
+    if (rc == 0)
+        rc = fl_artifact_sha256(mj, mjlen, s->state.model_hash);
+    if (rc == 0)
+        rc = load_accountant(&s->state, &acc);
+    uint64_t pop = s->cfg.population ? (uint64_t)s->cfg.population
+                                     : fl_server_enrol_count(s->enrol);
+    if (rc == 0)
+        rc = fl_dp_accountant_compose(acc, sampling_rate(&s->cfg, pop),
+                                      s->cfg.noise_multiplier, 1);
+    if (rc == 0)
+        rc = fl_dp_accountant_epsilon(acc, s->cfg.delta, &s->state.epsilon,
+                                      NULL);
+    if (rc == 0)
+        rc = fl_dp_accountant_save(acc, &b);
+    if (rc < 0) {
+        snprintf(err, errlen, "adopting version %llu: %s",
+                 (unsigned long long)v, fl_strerror(rc));
+        goto out;
+    }
+    take_buf(&b, &s->state.accountant, &s->state.accountant_len);
+    base = strrchr(dir, '/');
+    base = base ? base + 1 : dir;
+    rc = fl_path_join(s->state.model_dir, sizeof s->state.model_dir, MODELS_DIR,
+                      base);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s: name too long", dir);
+        goto out;
+    }
+    s->state.model_version = v;
+    if (man->round > s->state.round)
+        s->state.round = man->round;
+    s->state.rounds_completed++;
+    rc = fl_server_state_save(s->cfg.state_dir, &s->state);
+    if (rc < 0) {
+        snprintf(err, errlen, "saving the state: %s", fl_strerror(rc));
+        goto out;
+    }
+    FL_WARN("version %llu (round %llu) was published but not recorded before "
+            "a crash; adopted, epsilon now %.4g",
+            (unsigned long long)v, (unsigned long long)man->round,
+            s->state.epsilon);
+out:
+    fl_buf_free(&b);
+    fl_free(mj);
+    fl_dp_accountant_free(acc);
+    fl_artifact_manifest_free(man);
+    return rc;
+}
+
 int fl_server_engine_open(fl_server_t *s, char *err, size_t errlen)
 {
     if (!s->cfg.signing_key) {
@@ -463,11 +557,28 @@ int fl_server_engine_open(fl_server_t *s, char *err, size_t errlen)
     }
     fl_artifact_key_public(s->signing_key, s->signing_pub);
     s->have_signing_pub = 1;
-    if (s->state.model_version || !s->model)
+    rc = reconcile(s, err, errlen);
+    if (rc < 0 || !s->state.model_version)
+        return rc;
+    /* The version the state names must be intact and ours. */
+    char dir[4096], why[256] = "";
+    rc = fl_path_join(dir, sizeof dir, s->cfg.state_dir, s->state.model_dir);
+    if (rc == 0)
+        rc = fl_artifact_verify_dir(dir, s->signing_pub, NULL, why, sizeof why);
+    if (rc < 0)
+        snprintf(err, errlen, "model version %llu (%s): %s; refusing to start",
+                 (unsigned long long)s->state.model_version, dir,
+                 why[0] ? why : fl_strerror(rc));
+    return rc;
+}
+
+int fl_server_engine_publish_initial(fl_server_t *s, char *err, size_t errlen)
+{
+    if (!s->signing_key || s->state.model_version || !s->model)
         return 0;
     /* The initial model becomes version 1 (round 0). */
     char why[256] = "";
-    rc = publish(s, s->model, s->params, 0, &s->state, why, sizeof why);
+    int rc = publish(s, s->model, s->params, 0, &s->state, why, sizeof why);
     if (rc == 0)
         rc = fl_server_state_save(s->cfg.state_dir, &s->state);
     if (rc < 0) {
@@ -518,6 +629,11 @@ int fl_server_engine_open(fl_server_t *s, char *err, size_t errlen)
 {
     if (s->cfg.signing_key)
         FL_WARN("this build has no aggregation engines; signing-key unused");
+    return 0;
+}
+
+int fl_server_engine_publish_initial(fl_server_t *s, char *err, size_t errlen)
+{
     return 0;
 }
 

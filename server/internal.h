@@ -109,10 +109,13 @@ typedef struct {
 
 /* The engines of this build, with the server as ctx. */
 extern const fl_server_engine_t fl_server_engine_default;
-/* At start (after the state and the model are loaded): loads the signing
- * key and publishes init-model as version 1 when nothing is published.
+/* At start, after the state is loaded: loads the signing key, adopts a
+ * version published just before a crash, and verifies the current
+ * version's signature and hashes. Then, after the model is loaded,
+ * publish_initial makes init-model version 1 when nothing is published.
  * At the end: wipes the key. */
 int fl_server_engine_open(fl_server_t *s, char *err, size_t errlen);
+int fl_server_engine_publish_initial(fl_server_t *s, char *err, size_t errlen);
 void fl_server_engine_close(fl_server_t *s);
 
 /* ---- the server and its peers (server/server.c) --------------------------*/

@@ -109,11 +109,14 @@ int fl_server_new(uv_loop_t *loop, const fl_server_config_t *cfg,
     s->metrics.epsilon = s->state.epsilon;
     s->metrics.epsilon_budget = s->cfg.epsilon_budget;
     s->metrics.enrolled = fl_server_enrol_count(s->enrol);
+    s->engine_ctx = s;
+    rc = fl_server_engine_open(s, err, errlen);
+    if (rc < 0)
+        goto out;
     rc = load_model(s, err, errlen);
     if (rc < 0)
         goto out;
-    s->engine_ctx = s;
-    rc = fl_server_engine_open(s, err, errlen);
+    rc = fl_server_engine_publish_initial(s, err, errlen);
     if (rc < 0)
         goto out;
     rc = fl_server_round_new(s, &s->round);
