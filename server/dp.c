@@ -3,6 +3,7 @@
 #include "server/dp.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <string.h>
 
@@ -294,14 +295,10 @@ int fl_dp_rdp_to_delta(const double *orders, const double *rdp, size_t n,
 #define N_ORDERS (99 + 53 + 4)
 
 static double pinned[N_ORDERS];
-static int pinned_ready;
+static pthread_once_t pinned_once = PTHREAD_ONCE_INIT;
 
-static void orders_init(void)
+static void orders_fill(void)
 {
-    /* Idempotent and always writes the same values, so a race between two
-     * first callers is harmless; after that it is read-only. */
-    if (__atomic_load_n(&pinned_ready, __ATOMIC_ACQUIRE))
-        return;
     size_t k = 0;
     for (int i = 1; i <= 99; i++)
         pinned[k++] = 1 + i / 10.0;
@@ -310,7 +307,12 @@ static void orders_init(void)
     for (int p = 128; p <= 1024; p *= 2)
         pinned[k++] = p;
     FL_ASSERT(k == N_ORDERS);
-    __atomic_store_n(&pinned_ready, 1, __ATOMIC_RELEASE);
+}
+
+/* Written once, read-only after. */
+static void orders_init(void)
+{
+    pthread_once(&pinned_once, orders_fill);
 }
 
 size_t fl_dp_orders(const double **orders)
