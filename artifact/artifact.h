@@ -195,12 +195,13 @@ int fl_artifact_sign_dir(const char *dir, const fl_artifact_key_t *k,
  *   2. renames it to root/v<version, 12 digits>, fsyncs root;
  *   3. points root/current at it (new symlink renamed over the old one),
  *      fsyncs root;
- *   4. removes all but the newest `keep` (>= 1) versions, and temporary
- *      directories left by a crash.
+ *   4. removes all but the newest `keep` (>= 1) versions, and what a
+ *      crash left (temporary directories, versions above current).
  * A crash at any point leaves `current` at a complete, signed version.
  * meta->version must be above the current version's (FL_EEXIST
  * otherwise); a directory left with that number by a crash before step 3
- * is replaced. 1 <= nfiles <= FL_ARTIFACT_FILES_MAX - 0, names unique. */
+ * is replaced. 1 <= nfiles <= FL_ARTIFACT_FILES_MAX, names unique.
+ * Pruning is best effort (what cannot be removed now goes next time). */
 int fl_artifact_publish(const char *root, const fl_artifact_key_t *k,
                         const fl_artifact_meta_t *meta,
                         const fl_artifact_input_t *files, size_t nfiles,

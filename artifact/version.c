@@ -394,10 +394,15 @@ static void prune(const char *root, unsigned keep, uint64_t current)
             seen[n++] = v;
     }
     qsort(seen, n, sizeof seen[0], cmp_desc);
-    for (size_t i = keep; i < n; i++) {
+    /* Versions above current never became current (a crash between
+     * rename and link): they go first, and do not count towards keep. */
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
         char name[32], p[PATH_MAX];
-        if (seen[i] == current)
+        if (seen[i] == current || (seen[i] < current && kept < keep)) {
+            kept++;
             continue;
+        }
         if (fl_artifact_version_name(seen[i], name, sizeof name) == 0 &&
             join(p, root, name) == 0)
             remove_flat_dir(p);

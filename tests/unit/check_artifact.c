@@ -446,10 +446,19 @@ START_TEST(test_keep_last_n_and_crash_leftovers)
     /* keep = 1 leaves only the current one. */
     ck_assert_int_eq(publish(&f, 8, 1), 0);
     ck_assert_int_eq(count_versions(f.root), 1);
+    /* An orphan above current (renamed, never linked) does not push the
+     * previous version out: it is removed instead. */
+    version_dir(&f, 12, d, sizeof d);
+    ck_assert_int_eq(mkdir(d, 0755), 0);
+    ck_assert_int_eq(publish(&f, 9, 2), 0);
+    ck_assert_int_ne(stat(d, &st), 0);
+    version_dir(&f, 8, d, sizeof d);
+    ck_assert_int_eq(stat(d, &st), 0);
+    ck_assert_int_eq(count_versions(f.root), 2);
     /* Bad arguments. */
     fl_artifact_input_t in[2] = {{"model.bin", NULL, "a", 1},
                                  {"model.bin", NULL, "b", 1}};
-    fl_artifact_meta_t meta = {.version = 9, .delta = 1e-5};
+    fl_artifact_meta_t meta = {.version = 10, .delta = 1e-5};
     ck_assert_int_eq(
         fl_artifact_publish(f.root, f.key, &meta, in, 2, 3, why, sizeof why),
         FL_EINVAL);
@@ -466,7 +475,7 @@ START_TEST(test_keep_last_n_and_crash_leftovers)
         FL_EINVAL);
     /* Nothing published by the failures. */
     ck_assert_int_eq(fl_artifact_current(f.root, NULL, 0, &cur), 0);
-    ck_assert_uint_eq(cur, 8);
+    ck_assert_uint_eq(cur, 9);
     fixture_free(&f);
 }
 END_TEST
