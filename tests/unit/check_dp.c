@@ -110,6 +110,48 @@ START_TEST(test_rdp_numerical_integration)
 }
 END_TEST
 
+/* End to end: the same script integrates A_alpha at every pinned order and
+ * applies its own implementation of the conversion; ε must agree. */
+START_TEST(test_epsilon_numerical_integration)
+{
+    static const struct {
+        double q, z, rounds, delta;
+    } cases[] = {
+        {0.01, 1.0, 1000, 1e-5},
+        {0.001, 0.8, 10000, 1e-6},
+        {0.1, 3.0, 100, 1e-5},
+    };
+    char in[PATH_MAX + 32], out[PATH_MAX + 32], script[PATH_MAX];
+    char dir[PATH_MAX];
+    fl_test_tmpdir(dir, sizeof dir);
+    snprintf(in, sizeof in, "%s/plans.txt", dir);
+    snprintf(out, sizeof out, "%s/eps.txt", dir);
+    FILE *f = fopen(in, "w");
+    ck_assert_ptr_nonnull(f);
+    for (size_t i = 0; i < FL_ARRAY_LEN(cases); i++)
+        fprintf(f, "%.17g %.17g %.17g %.17g\n", cases[i].q, cases[i].z,
+                cases[i].rounds, cases[i].delta);
+    fclose(f);
+    fl_test_srcpath(script, sizeof script, "tests/tools/dp_rdp_integrate.py");
+    ck_assert_int_eq(fl_test_system("'%s' '%s' --epsilon < '%s' > '%s'",
+                                    fl_test_python(), script, in, out),
+                     0);
+    f = fopen(out, "r");
+    ck_assert_ptr_nonnull(f);
+    for (size_t i = 0; i < FL_ARRAY_LEN(cases); i++) {
+        double ref, eps;
+        ck_assert_int_eq(fscanf(f, "%lf", &ref), 1);
+        ck_assert_int_eq(fl_dp_epsilon(cases[i].q, cases[i].z,
+                                       (uint64_t)cases[i].rounds,
+                                       cases[i].delta, &eps, NULL),
+                         0);
+        ck_assert_rel(eps, ref, 1e-4);
+    }
+    fclose(f);
+    fl_test_rmtree(dir);
+}
+END_TEST
+
 /* ---- RDP → (ε, δ) ----------------------------------------------------------
  */
 
@@ -617,6 +659,7 @@ Suite *check_dp_suite(void)
     TCase *t = tcase_create("rdp");
     tcase_add_test(t, test_rdp_dp_accounting_values);
     tcase_add_test(t, test_rdp_numerical_integration);
+    tcase_add_test(t, test_epsilon_numerical_integration);
     tcase_add_test(t, test_conversion_pure_dp);
     tcase_add_test(t, test_conversion_gaussian);
     tcase_add_test(t, test_conversion_upper_bounds_exact_gaussian);
