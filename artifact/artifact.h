@@ -58,7 +58,7 @@
 #define FL_ARTIFACT_SIGNATURE    "manifest.sig"
 #define FL_ARTIFACT_CURRENT      "current"
 
-/* ---- hashing ------------------------------------------------------------- */
+/* ---- hashing ---- */
 
 /* SHA-256 (OpenSSL EVP). */
 int fl_artifact_sha256(const void *data, size_t len,
@@ -69,8 +69,7 @@ int fl_artifact_sha256_file(const char *path,
                             uint8_t out[FL_ARTIFACT_HASH_BYTES],
                             uint64_t *size);
 
-/* ---- keys ------------------------------------------------------------------
- */
+/* ---- keys ---- */
 
 typedef struct fl_artifact_key fl_artifact_key_t;
 
@@ -102,8 +101,7 @@ int fl_artifact_sig_verify(const uint8_t pk[FL_ARTIFACT_PUBLIC_BYTES],
                            const void *msg, size_t len,
                            const uint8_t sig[FL_ARTIFACT_SIG_BYTES]);
 
-/* ---- manifests -------------------------------------------------------------
- */
+/* ---- manifests ---- */
 
 typedef struct {
     char name[FL_ARTIFACT_NAME_MAX]; /* [A-Za-z0-9._-]+, not starting '.',
@@ -142,8 +140,7 @@ int fl_artifact_manifest_encode(const fl_artifact_manifest_t *m, fl_buf_t *out);
 const fl_artifact_file_t *
 fl_artifact_manifest_file(const fl_artifact_manifest_t *m, const char *name);
 
-/* ---- one model version
- * ---------------------------------------------------------- */
+/* ---- one model version ---- */
 
 /* What the caller says about a version; the files' hashes are computed. */
 typedef struct {
@@ -185,8 +182,7 @@ int fl_artifact_sign_dir(const char *dir, const fl_artifact_key_t *k,
                          const fl_artifact_meta_t *meta, char *why,
                          size_t whylen);
 
-/* ---- the publishing root
- * ------------------------------------------------------- */
+/* ---- the publishing root ---- */
 
 /* Publishes a new version under root (created if missing):
  *   1. writes the files, manifest.json (parent = SHA-256 of the current

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* ---- SHA-256 ------------------------------------------------------------- */
+/* ---- SHA-256 ---- */
 
 int fl_artifact_sha256(const void *data, size_t len,
                        uint8_t out[FL_ARTIFACT_HASH_BYTES])
@@ -87,8 +87,7 @@ int fl_artifact_sha256_file(const char *path,
     return rc;
 }
 
-/* ---- keys
- * -------------------------------------------------------------------- */
+/* ---- keys ---- */
 
 struct fl_artifact_key {
     uint8_t sk[crypto_sign_SECRETKEYBYTES]; /* seed || public key */
@@ -178,8 +177,7 @@ int fl_artifact_sig_verify(const uint8_t pk[FL_ARTIFACT_PUBLIC_BYTES],
     return 0;
 }
 
-/* ---- key files --------------------------------------------------------------
- */
+/* ---- key files ---- */
 
 /* header line, then 2n hex digits and a newline. text must hold
  * strlen(header) + 2n + 2 bytes. */

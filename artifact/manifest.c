@@ -68,8 +68,7 @@ int fl_artifact__name_ok(const char *name)
            strcmp(name, FL_ARTIFACT_SIGNATURE) != 0;
 }
 
-/* ---- encoding
- * ------------------------------------------------------------------ */
+/* ---- encoding ---- */
 
 static json_t *hex_json(const uint8_t *b, size_t n)
 {
@@ -160,8 +159,7 @@ out:
     return rc;
 }
 
-/* ---- strict parsing
- * --------------------------------------------------------------- */
+/* ---- strict parsing ---- */
 
 /* Only the keys in `allowed` (NULL-terminated), each present. */
 static int exact_keys(json_t *obj, const char *const *allowed,

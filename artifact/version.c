@@ -46,8 +46,7 @@ static int write_full(int fd, const uint8_t *p, size_t n)
     return 0;
 }
 
-/* ---- checking files against a manifest
- * ---------------------------------------- */
+/* ---- checking files against a manifest ---- */
 
 static int check_files(const char *dir, const fl_artifact_manifest_t *m,
                        char *why, size_t whylen)
@@ -147,8 +146,7 @@ out:
     return rc;
 }
 
-/* ---- signing a directory in place
- * ---------------------------------------------- */
+/* ---- signing a directory in place ---- */
 
 static int name_cmp(const void *a, const void *b)
 {
@@ -296,8 +294,7 @@ out:
     return rc;
 }
 
-/* ---- the publishing root
- * ---------------------------------------------------------- */
+/* ---- the publishing root ---- */
 
 int fl_artifact_version_name(uint64_t version, char *name, size_t namelen)
 {

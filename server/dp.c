@@ -7,8 +7,7 @@
 #include <sodium.h>
 #include <string.h>
 
-/* ---- sensitivity ----------------------------------------------------------
- */
+/* ---- sensitivity ---- */
 
 int fl_dp_sensitivity(const fl_dp_codec_t *c, double *out)
 {
@@ -30,8 +29,7 @@ int fl_dp_sensitivity(const fl_dp_codec_t *c, double *out)
     return 0;
 }
 
-/* ---- noise ------------------------------------------------------------------
- */
+/* ---- noise ---- */
 
 #define NOISE_BUF_WORDS 256
 
@@ -117,7 +115,7 @@ int fl_dp_noised_mean(fl_dp_noise_t *n, float *out, const float *sum, size_t d,
     return 0;
 }
 
-/* ---- RDP of the sampled Gaussian ------------------------------------------
+/* ---- RDP of the sampled Gaussian ----
  * A_alpha = E_{x ~ N(0, z^2)} [ ((1 - q) + q exp((2x - 1) / (2 z^2)))^alpha ]
  * and RDP(alpha) = log(A_alpha) / (alpha - 1) (Mironov et al. 2019). All
  * sums run in log space: terms reach exp(10^5) at alpha = 1024. */
@@ -224,13 +222,13 @@ double fl_dp_rdp_sampled_gaussian(double q, double z, double alpha)
     return la / (alpha - 1);
 }
 
-/* ---- RDP → (ε, δ)
- * ------------------------------------------------------------- Balle et al.
- * (2020), Prop. 12 (arXiv:2004.00010v4), also Asoodeh et al. (2020), eq. 20:
- * (alpha, r)-RDP implies (ε, δ)-DP with ε = r + log1p(-1/alpha) - (log δ + log
- * alpha) / (alpha - 1). It is unstable as alpha → 1, so only orders above 1.01
- * use it; for all orders the KL bound δ <= sqrt(1 - e^{-r}) gives ε = 0 when it
- * already meets δ. Ties go to the first order, as in dp_accounting. */
+/* ---- RDP → (ε, δ) ----
+ * Balle et al. (2020), Prop. 12 (arXiv:2004.00010v4), also Asoodeh et al.
+ * (2020), eq. 20: (alpha, r)-RDP implies (ε, δ)-DP with
+ *     ε = r + log1p(-1/alpha) - (log δ + log alpha) / (alpha - 1).
+ * It is unstable as alpha → 1, so only orders above 1.01 use it; for all
+ * orders the KL bound δ <= sqrt(1 - e^{-r}) gives ε = 0 when it already
+ * meets δ. Ties go to the first order, as in dp_accounting. */
 int fl_dp_rdp_to_epsilon(const double *orders, const double *rdp, size_t n,
                          double delta, double *eps, double *order)
 {
@@ -289,8 +287,7 @@ int fl_dp_rdp_to_delta(const double *orders, const double *rdp, size_t n,
     return 0;
 }
 
-/* ---- pinned orders ----------------------------------------------------------
- */
+/* ---- pinned orders ---- */
 
 #define N_ORDERS (99 + 53 + 4)
 
@@ -396,8 +393,7 @@ int fl_dp_noise_for_epsilon(double q, uint64_t rounds, double delta,
     return 0;
 }
 
-/* ---- the accountant
- * ------------------------------------------------------------ */
+/* ---- the accountant ---- */
 
 struct fl_dp_accountant {
     uint64_t rounds;

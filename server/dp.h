@@ -29,7 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- sensitivity after quantization -------------------------------------
+/* ---- sensitivity after quantization ----
  *
  * The codec turns a client delta into integers: the delta (error-feedback
  * residual already added) is clipped to L2 norm S, restricted to the k
@@ -72,7 +72,7 @@ typedef struct {
  * parameters out of range. */
 int fl_dp_sensitivity(const fl_dp_codec_t *codec, double *out);
 
-/* ---- noise ----------------------------------------------------------------
+/* ---- noise ----
  * A Gaussian source over a ChaCha20 keystream. Box–Muller on 53-bit
  * uniforms. (A floating-point Gaussian is what DP-SGD and DP-FedAvg
  * deployments use; a discrete Gaussian in the ring is a later option.) */
@@ -98,7 +98,7 @@ double fl_dp_noise_normal(fl_dp_noise_t *n);
 int fl_dp_noised_mean(fl_dp_noise_t *n, float *out, const float *sum, size_t d,
                       double sigma, double expected_cohort);
 
-/* ---- Rényi DP of the sampled Gaussian -------------------------------------
+/* ---- Rényi DP of the sampled Gaussian ----
  * RDP at order alpha > 1 (alpha >= 1 when q is 0 or 1) of ONE step of the
  * Poisson-sampled Gaussian mechanism with sampling rate q in [0, 1] and noise
  * multiplier z >= 0 (noise std / L2 sensitivity). +INFINITY when z = 0 or when
@@ -130,7 +130,7 @@ int fl_dp_epsilon(double q, double z, uint64_t rounds, double delta,
 int fl_dp_noise_for_epsilon(double q, uint64_t rounds, double delta,
                             double target_eps, double *z);
 
-/* ---- the accountant ---------------------------------------------------------
+/* ---- the accountant ----
  * Holds the total RDP at each pinned order over the rounds composed so far.
  * Rounds may have different (q, z) (the cohort or population may change). */
 typedef struct fl_dp_accountant fl_dp_accountant_t;

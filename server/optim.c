@@ -170,8 +170,7 @@ int fl_optim_step(fl_optim_t *o, float *params, const float *g)
     return 0;
 }
 
-/* ---- state as bytes -------------------------------------------------------
- */
+/* ---- state as bytes ---- */
 
 static const char optim_magic[8] = {'F', 'L', 'O', 'P', 'T', 'I', 'M', '1'};
 #define OPTIM_VERSION 1u

@@ -43,8 +43,7 @@ static void flip(const char *path, long off)
     fclose(f);
 }
 
-/* ---- known answers
- * ------------------------------------------------------------ */
+/* ---- known answers ---- */
 
 /* FIPS 180-2, Appendix B.1 and B.3: SHA-256("abc") and of one million 'a'
  * (streamed through the file path, across many read chunks). */
@@ -193,8 +192,7 @@ START_TEST(test_keygen_files)
 }
 END_TEST
 
-/* ---- publishing and verifying
- * ------------------------------------------------------- */
+/* ---- publishing and verifying ---- */
 
 typedef struct {
     char dir[PATH_MAX];
@@ -480,8 +478,7 @@ START_TEST(test_keep_last_n_and_crash_leftovers)
 }
 END_TEST
 
-/* ---- the strict parser
- * ------------------------------------------------------------- */
+/* ---- the strict parser ---- */
 
 #define H64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 #define GOOD_FILES                                                             \
@@ -615,8 +612,7 @@ START_TEST(test_manifest_strict_schema)
 }
 END_TEST
 
-/* ---- independent verifier
- * ------------------------------------------------------------ */
+/* ---- independent verifier ---- */
 
 /* python3-nacl (libsodium through its own bindings) verifies manifest.sig
  * over the bytes of manifest.json with the key from our .pub file; and
@@ -654,8 +650,7 @@ START_TEST(test_python_nacl_verifies)
 }
 END_TEST
 
-/* ---- the commands
- * ---------------------------------------------------------------------- */
+/* ---- the commands ---- */
 
 START_TEST(test_cli_keygen_sign_verify)
 {

@@ -17,8 +17,7 @@
                   "%s = %.12g, expected %.12g within %g relative", #x,         \
                   (double)(x), (double)(ref), (double)(rel))
 
-/* ---- RDP of one mechanism --------------------------------------------------
- */
+/* ---- RDP of one mechanism ---- */
 
 /* dp_accounting, rdp/rdp_privacy_accountant_test.py,
  * test_compute_rdp_poisson_sampled_gaussian: q = 0.01, z = 2.5, 50 steps,
@@ -152,8 +151,7 @@ START_TEST(test_epsilon_numerical_integration)
 }
 END_TEST
 
-/* ---- RDP → (ε, δ) ----------------------------------------------------------
- */
+/* ---- RDP → (ε, δ) ---- */
 
 /* TF-Privacy rdp_accountant_test.py, test_get_privacy_spent_check_target_*
  * (also dp_accounting test_compute_epsilon_delta_pure_dp): constant RDP 1.1
@@ -239,8 +237,7 @@ START_TEST(test_conversion_upper_bounds_exact_gaussian)
 }
 END_TEST
 
-/* ---- ε of a training plan ---------------------------------------------------
- */
+/* ---- ε of a training plan ---- */
 
 /* Issue 6: q = 0.01, z = 1.0, 1000 rounds, δ = 1e-5 gives ε ≈ 2.10
  * (dp_accounting's RdpAccountant with the same orders prints 2.1014). */
@@ -386,8 +383,7 @@ START_TEST(test_noise_for_epsilon)
 }
 END_TEST
 
-/* ---- the accountant
- * ----------------------------------------------------------- */
+/* ---- the accountant ---- */
 
 START_TEST(test_accountant_budget_and_state)
 {
@@ -457,8 +453,7 @@ START_TEST(test_accountant_budget_and_state)
 }
 END_TEST
 
-/* ---- sensitivity
- * ------------------------------------------------------------- */
+/* ---- sensitivity ---- */
 
 START_TEST(test_sensitivity_formula)
 {
@@ -533,8 +528,7 @@ START_TEST(test_sensitivity_bounds_rounding)
 }
 END_TEST
 
-/* ---- noise
- * --------------------------------------------------------------------- */
+/* ---- noise ---- */
 
 START_TEST(test_noise_statistics)
 {
@@ -610,8 +604,7 @@ START_TEST(test_noise_statistics)
 }
 END_TEST
 
-/* ---- flotilla privacy
- * ----------------------------------------------------------- */
+/* ---- flotilla privacy ---- */
 
 static json_t *run_json(const char *args)
 {
