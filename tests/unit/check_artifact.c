@@ -646,6 +646,18 @@ START_TEST(test_python_nacl_verifies)
                                     "2>/dev/null",
                                     fl_test_python(), script, pub, copy, v),
                      0);
+    /* flotilla verify on the publishing root checks its current version. */
+    char bin[PATH_MAX];
+    fl_test_buildpath(bin, sizeof bin, "flotilla");
+    ck_assert_int_eq(fl_test_system("'%s' verify --pub '%s' '%s' >/dev/null",
+                                    bin, pub, f.root),
+                     0);
+    char p[PATH_MAX + 32];
+    P(p, "%s/model.q8", v);
+    flip(p, 3);
+    ck_assert_int_eq(fl_test_system("'%s' verify --pub '%s' '%s' 2>/dev/null",
+                                    bin, pub, f.root),
+                     1);
     fixture_free(&f);
 }
 END_TEST
