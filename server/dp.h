@@ -16,6 +16,24 @@
  *      the improved RDP → (ε, δ) conversion of Balle et al. (2020, Prop. 12
  *      of arXiv:2004.00010v4), computed the way Google's dp_accounting
  *      library computes it, so the two agree to floating-point rounding.
+ *      The analysis is that of Poisson sampling (each device joins a round
+ *      independently with probability q); a fixed-size cohort is the usual
+ *      approximation (DP-FedAvg, McMahan et al. 2018). q must count every
+ *      client whose update can enter the sum: with over-selection, either
+ *      aggregate at most `cohort` survivors or use q = invited / population.
+ *
+ * One round on the server, in this order:
+ *     fl_dp_accountant_check(acc, q, z, delta, budget, NULL)  -> stop if
+ *                                                   FL_EBUDGET
+ *     ... secure aggregation; decode the integer sum: sum[i] = int / scale
+ *     fl_dp_noised_mean(noise, mean, sum, d, z * S', cohort)
+ *     fl_optim_step(opt, params, mean)              (server/optim.h)
+ *     fl_dp_accountant_compose(acc, q, z, 1)
+ *     fl_dp_accountant_epsilon(acc, delta, &eps)    -> the manifest
+ *     fl_dp_accountant_save / fl_optim_save         -> the checkpoint
+ *     fl_artifact_publish(...)                      (artifact/artifact.h)
+ * The accountant is saved before the model is published, so that a crash
+ * never leaves a released model the accountant has not counted.
  *
  * Nothing here logs or does I/O. Ownership: pointer arguments are borrowed
  * unless stated. Thread-safety: the free functions are reentrant; a handle
