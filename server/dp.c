@@ -12,19 +12,17 @@
 int fl_dp_sensitivity(const fl_dp_codec_t *c, double *out)
 {
     if (!c || !out || !(c->clip_norm > 0) || !isfinite(c->clip_norm) ||
-        !(c->scale > 0) || !isfinite(c->scale) || c->bits < 1 || c->bits > 32 ||
-        c->support < 1)
+        c->bits < 0 || c->bits > 32 || c->values < 1 ||
+        (c->bits > 0 && (!(c->scale > 0) || !isfinite(c->scale))))
         return FL_EINVAL;
-    double k = (double)c->support;
-    if (c->rotation) {
-        /* Hadamard transforms work on 2^m coordinates. */
-        double p = 1;
-        while (p < k)
-            p *= 2;
-        k = p;
+    if (c->bits == 0) {
+        *out = c->clip_norm; /* floats sent as they are */
+        return 0;
     }
-    double rounding = c->clip_norm + sqrt(k) / c->scale;
-    double range = ldexp(1.0, c->bits - 1) * sqrt(k) / c->scale;
+    double m = (double)c->values;
+    double qmax = c->bits == 1 ? 1.0 : ldexp(1.0, c->bits - 1) - 1;
+    double rounding = c->clip_norm + sqrt(m) / c->scale;
+    double range = qmax * sqrt(m) / c->scale;
     *out = FL_MIN(rounding, range);
     return 0;
 }

@@ -5,7 +5,8 @@
  * Three parts:
  *   1. The sensitivity S' of one client's contribution to the unmasked
  *      integer sum, derived from the codec (clip norm, quantization scale
- *      and bits, support size, rotation), not only from the clip norm.
+ *      and bits, values sent after support and rotation padding), not only
+ *      from the clip norm.
  *   2. Gaussian noise N(0, (z S')^2) per coordinate from a CSPRNG (ChaCha20
  *      keystream keyed from the kernel, or from an explicit seed for tests),
  *      and the division by the FIXED expected cohort size.
@@ -49,41 +50,43 @@
 
 /* ---- sensitivity after quantization ----
  *
- * The codec turns a client delta into integers: the delta (error-feedback
- * residual already added) is clipped to L2 norm S, restricted to the k
- * public-support coordinates, optionally rotated by an orthogonal matrix
- * (randomized Hadamard: padded to a power of two), multiplied by `scale`,
- * stochastically rounded to integers and clamped to b-bit values
- * |v| <= 2^(b-1). The server decodes the sum by dividing by `scale`.
+ * The codec (compress/compress.h) turns a client's delta into integers:
+ * error feedback added, optionally rotated by a randomized Hadamard
+ * transform (orthogonal; its zero padding adds coordinates), restricted to
+ * the public support, CLIPPED to L2 norm S (the clip applies to what is
+ * sent), multiplied by `scale`, stochastically rounded and clamped to the
+ * b-bit grid [-qmax, qmax], qmax = 2^(b-1) - 1 (b >= 2) or 1 (b = 1, the
+ * sign grid). m values are sent. The server decodes the integer sum by
+ * dividing by `scale`.
  *
  * Claim: one client moves the decoded sum by at most, in L2 norm,
  *
- *     S' = min( S + sqrt(k') / scale,  2^(b-1) sqrt(k') / scale )
+ *     S' = min( S + sqrt(m) / scale,  qmax sqrt(m) / scale )
  *
- * where k' = k, or the next power of two >= k when rotation is on.
+ * Why: let y = scale v with ||v|| <= S, so ||y|| <= scale S. Each sent
+ * integer q_i is floor(y_i) or ceil(y_i), or the clamp qmax (smaller in
+ * magnitude than y_i) — on the sign grid ±1 — so |q_i| <= |y_i| + 1 and
+ * |q_i| <= qmax. Then
+ *     ||q||^2 <= sum (|y_i| + 1)^2 = ||y||^2 + 2 ||y||_1 + m
+ *             <= ||y||^2 + 2 sqrt(m) ||y|| + m = (||y|| + sqrt(m))^2,
+ * and ||q|| <= qmax sqrt(m); divide by `scale`. Stochastic rounding can
+ * indeed grow the norm that far: with every y_i just above an integer and
+ * every coin rounding up, ||q|| comes within any margin of the first bound
+ * (tests/unit/check_dp.c shows it). The bound holds for every outcome of
+ * the client's coins, as add-or-remove-one sensitivity needs: the sum
+ * changes by one client's vector. A rotation needs no term of its own (it
+ * keeps norms); its padding is counted in m. b = 0 (fp32 values, secure
+ * aggregation off) gives S' = S.
  *
- * Why: let y = scale * x with ||x|| <= S (a rotation is orthogonal, so it
- * keeps ||x||; restricting to the support can only shrink it). Stochastic
- * rounding gives round(y) = y + e with every |e_i| < 1 (a coordinate moves
- * to floor or ceil of itself), so ||e|| < sqrt(k') over the k' coordinates
- * actually sent, and by the triangle inequality ||round(y)|| <= scale S +
- * sqrt(k'). Clamping to the b-bit range moves each coordinate towards zero,
- * which never increases the norm, and also caps every |v_i| at 2^(b-1),
- * giving the second bound. Dividing by `scale` returns to float units. The
- * bound holds for every outcome of the client's rounding coins, i.e. it is
- * a worst case, which is what add-or-remove-one sensitivity needs. Under
- * add-or-remove adjacency the sum changes by one client's vector, so this
- * norm is the L2 sensitivity of the sum.
- *
- * Precondition the codec must meet: the clip applies to the vector that is
- * quantized (delta + residual), not to the delta before the residual is
- * added; otherwise no finite S' exists. */
+ * Precondition: the clip applies to the vector that is quantized (error
+ * feedback included), as compress/ does; clipping only the fresh delta
+ * and adding the residual afterwards would leave no finite bound. */
 typedef struct {
     double clip_norm; /* S > 0 */
     double scale;     /* > 0: integer = round(value * scale) */
-    int bits;         /* b in [1, 32]: |quantized value| <= 2^(b-1) */
-    uint64_t support; /* k >= 1: coordinates sent (d when dense) */
-    int rotation;     /* nonzero: Hadamard rotation, k padded to 2^m */
+    int bits;         /* b in [0, 32]; 0 = fp32, not quantized */
+    uint64_t values;  /* m >= 1: values each client sends (the transmit
+                         space: rotation padding included) */
 } fl_dp_codec_t;
 
 /* Writes S' (float units of the decoded sum) into *out. FL_EINVAL on

@@ -457,26 +457,37 @@ END_TEST
 
 START_TEST(test_sensitivity_formula)
 {
-    fl_dp_codec_t c = {.clip_norm = 1.0,
-                       .scale = 100,
-                       .bits = 8,
-                       .support = 10000,
-                       .rotation = 0};
+    fl_dp_codec_t c = {
+        .clip_norm = 1.0, .scale = 100, .bits = 8, .values = 10000};
     double s;
     ck_assert_int_eq(fl_dp_sensitivity(&c, &s), 0);
-    ck_assert_rel(s, 1.0 + 100.0 / 100, 1e-15); /* S + sqrt(k)/scale */
-    c.support = 1000;
-    c.rotation = 1; /* padded to 1024 */
+    ck_assert_rel(s, 1.0 + 100.0 / 100, 1e-15); /* S + sqrt(m)/scale */
+    c.values = 1024; /* e.g. 1000 coordinates padded by the rotation */
     ck_assert_int_eq(fl_dp_sensitivity(&c, &s), 0);
     ck_assert_rel(s, 1.0 + 32.0 / 100, 1e-15);
-    /* Few bits: the range cap 2^(b-1) sqrt(k) / scale binds. */
-    fl_dp_codec_t r = {.clip_norm = 10, .scale = 1, .bits = 2, .support = 4};
+    /* Few bits: the range cap qmax sqrt(m) / scale binds; qmax = 2^(b-1)-1
+     * = 1 for b = 2, and 1 on the sign grid b = 1. */
+    fl_dp_codec_t r = {.clip_norm = 10, .scale = 1, .bits = 2, .values = 4};
+    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), 0);
+    ck_assert_rel(s, 2.0, 1e-15);
+    r.bits = 1;
+    r.scale = 0.5;
     ck_assert_int_eq(fl_dp_sensitivity(&r, &s), 0);
     ck_assert_rel(s, 4.0, 1e-15);
+    r.bits = 3; /* qmax 3: min(10 + 2, 3 * 2) / 0.5 */
+    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), 0);
+    ck_assert_rel(s, 12.0, 1e-15);
+    /* fp32 values: the clip norm itself. */
     r.bits = 0;
+    r.scale = 0;
+    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), 0);
+    ck_assert(s == 10);
+    r.bits = 33;
     ck_assert_int_eq(fl_dp_sensitivity(&r, &s), FL_EINVAL);
     r.bits = 8;
-    r.scale = 0;
+    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), FL_EINVAL); /* scale 0 */
+    r.scale = 1;
+    r.values = 0;
     ck_assert_int_eq(fl_dp_sensitivity(&r, &s), FL_EINVAL);
 }
 END_TEST
@@ -488,8 +499,7 @@ START_TEST(test_sensitivity_bounds_rounding)
 {
     enum { K = 64 };
     const double S = 1.0, scale = 20.0;
-    fl_dp_codec_t c = {
-        .clip_norm = S, .scale = scale, .bits = 16, .support = K};
+    fl_dp_codec_t c = {.clip_norm = S, .scale = scale, .bits = 16, .values = K};
     double sp, x[K];
     ck_assert_int_eq(fl_dp_sensitivity(&c, &sp), 0);
     fl_rng_t rng;
@@ -516,7 +526,7 @@ START_TEST(test_sensitivity_bounds_rounding)
      * possible): the bound is reached up to tiny, so it is tight, and S
      * alone would be wrong by half. */
     fl_dp_codec_t a = {
-        .clip_norm = S, .scale = 16.000004, .bits = 16, .support = K};
+        .clip_norm = S, .scale = 16.000004, .bits = 16, .values = K};
     ck_assert_int_eq(fl_dp_sensitivity(&a, &sp), 0);
     double y = a.scale * S / sqrt(K), r2 = 0;
     ck_assert(y > 2 && y < 2.000001);
