@@ -64,7 +64,7 @@ static int check_files(const char *dir, const fl_artifact_manifest_t *m,
         struct stat st;
         int fd = openat(dfd, f->name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) {
-            set_why(why, whylen, "%s: missing", f->name);
+            set_why(why, whylen, "%s: missing (or a symlink)", f->name);
             rc = FL_EHASH;
             break;
         }
