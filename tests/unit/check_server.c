@@ -1279,6 +1279,10 @@ typedef struct {
     unsigned ring_bits;
     uint32_t *ring; /* what it sent (before masking) */
     int hello_ok, got_result, success, closed, dropped, sent_input;
+    int fetch; /* download the model after the hello */
+    uint64_t result_round, result_version, result_survivors;
+    int mid_round; /* got a ShareKeysRequest of round mid_of */
+    uint64_t mid_of;
     /* client 0: the model download */
     uint8_t *dl;
     uint64_t dl_len, dl_total;
@@ -1318,9 +1322,20 @@ static void ic_delta(float *x, uint64_t d, int idx)
                0.001f * (float)idx;
 }
 
+static void ic_round_reset(iclient_t *c)
+{
+    fl_secagg_client_free(c->sa);
+    fl_compress_free(c->codec);
+    fl_free(c->ring);
+    c->sa = NULL;
+    c->codec = NULL;
+    c->ring = NULL;
+}
+
 static void ic_on_invite(iclient_t *c, Flotilla__RoundConfig *rc)
 {
     fl_compress_config_t cc;
+    ic_round_reset(c);
     fl_compress_config_init(&cc);
     ck_assert_int_eq(rc->codec->support, FLOTILLA__SUPPORT_KIND__SUPPORT_DENSE);
     cc.support = FL_COMPRESS_SUPPORT_DENSE;
@@ -1388,9 +1403,9 @@ static void ic_on_frame(fl_net_conn_t *conn, const uint8_t *p, size_t len)
     }
     case FLOTILLA__ENVELOPE__BODY_HELLO_RESULT:
         ck_assert(e->hello_result->accepted);
-        ck_assert_uint_eq(e->hello_result->current_model_version, 1);
+        ck_assert_uint_ge(e->hello_result->current_model_version, 1);
         c->hello_ok = 1;
-        if (c->idx == 0) {
+        if (c->fetch) {
             Flotilla__ManifestRequest mr = FLOTILLA__MANIFEST_REQUEST__INIT;
             out.body_case = FLOTILLA__ENVELOPE__BODY_MANIFEST_REQUEST;
             out.manifest_request = &mr;
@@ -1428,6 +1443,10 @@ static void ic_on_frame(fl_net_conn_t *conn, const uint8_t *p, size_t len)
         break;
     case FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_REQUEST: {
         Flotilla__ShareKeysResponse *r = NULL;
+        if (c->mid_of && e->share_keys_request->round == c->mid_of) {
+            c->mid_round = 1; /* the test kills the server now */
+            break;
+        }
         ck_assert_int_eq(
             fl_secagg_client_share_keys(c->sa, e->share_keys_request, &r), 0);
         out.body_case = FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_RESPONSE;
@@ -1474,11 +1493,11 @@ static void ic_on_frame(fl_net_conn_t *conn, const uint8_t *p, size_t len)
     case FLOTILLA__ENVELOPE__BODY_ROUND_RESULT:
         c->got_result = 1;
         c->success = e->round_result->success;
-        if (c->success) {
-            ck_assert_uint_eq(e->round_result->new_model_version, 2);
-            ck_assert_uint_eq(e->round_result->survivors, 3);
+        c->result_round = e->round_result->round;
+        c->result_version = e->round_result->new_model_version;
+        c->result_survivors = e->round_result->survivors;
+        if (c->success)
             ck_assert(e->round_result->epsilon > 0);
-        }
         break;
     default:
         break;
@@ -1573,6 +1592,7 @@ START_TEST(test_integration_tls_round)
     snprintf(cmd, sizeof cmd, "%s/ca.crt", certs);
     fl_net_tls_opts_t to = {.ca_file = cmd};
     ck_assert_int_eq(fl_net_tls_client_new(&to, &ctls), 0);
+    ic[0].fetch = 1;
     for (int i = 0; i < IC_N; i++) {
         ic[i].idx = i;
         memcpy(ic[i].pk, keys[i].pk, 32);
@@ -1602,6 +1622,8 @@ START_TEST(test_integration_tls_round)
             continue;
         }
         ck_assert_msg(ic[i].got_result && ic[i].success, "client %d", i);
+        ck_assert_uint_eq(ic[i].result_version, 2);
+        ck_assert_uint_eq(ic[i].result_survivors, 3);
         fl_compress_ring_add(sum, ic[i].ring, ic[i].m, ic[i].ring_bits);
         survivors++;
     }
@@ -1672,15 +1694,191 @@ START_TEST(test_integration_tls_round)
     ck_assert(m->epsilon > 0 && m->epsilon < 50);
 
     for (int i = 0; i < IC_N; i++) {
-        fl_secagg_client_free(ic[i].sa);
-        fl_compress_free(ic[i].codec);
-        fl_free(ic[i].ring);
+        ic_round_reset(&ic[i]);
         fl_free(ic[i].dl);
     }
     fl_free(sum);
     fl_free(g);
     fl_free(x0);
     fixture_free(&fx, keys, 0);
+}
+END_TEST
+
+/* Connects ic[0..n) to the server on port over TLS. */
+static void ic_connect_all(uv_loop_t *loop, int n, int port, const char *ca)
+{
+    fl_net_tls_t *ctls = NULL;
+    fl_net_tls_opts_t to = {.ca_file = ca};
+    ck_assert_int_eq(fl_net_tls_client_new(&to, &ctls), 0);
+    for (int i = 0; i < n; i++) {
+        fl_net_connect_opts_t o;
+        fl_net_connect_opts_init(&o);
+        o.host = "127.0.0.1";
+        o.port = port;
+        o.tls = ctls;
+        o.cb.on_open = ic_on_open;
+        o.cb.on_frame = ic_on_frame;
+        o.cb.on_close = ic_on_close;
+        o.data = &ic[i];
+        ic[i].closed = 0;
+        ic[i].got_result = ic[i].success = 0;
+        ck_assert_int_eq(fl_net_connect(loop, &o, &ic[i].conn), 0);
+    }
+    fl_net_tls_free(ctls);
+}
+
+static void wait_port(int port)
+{
+    double t0 = fl_time_mono_s();
+    for (;;) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        close(fd);
+        if (ok)
+            return;
+        ck_assert_msg(fl_time_mono_s() - t0 < 30, "server did not come up");
+        usleep(20000);
+    }
+}
+
+static pid_t spawn_config(const char *ini, const char *log)
+{
+    char bin[1024];
+    fl_test_buildpath(bin, sizeof bin, "flotilla");
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        execl(bin, bin, "server", "--config", ini, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+#define RUN_LOOP_UNTIL(loop, cond)                                             \
+    do {                                                                       \
+        double t0_ = fl_time_mono_s();                                         \
+        while (!(cond)) {                                                      \
+            ck_assert_msg(fl_time_mono_s() - t0_ < 40, "timed out: " #cond);   \
+            uv_run((loop), UV_RUN_NOWAIT);                                     \
+            usleep(500);                                                       \
+        }                                                                      \
+    } while (0)
+
+/* The server process is killed with SIGKILL in the middle of round 2,
+ * restarted, resumes at the last completed round (1) with a valid signed
+ * model, and completes the next round with the devices, which reconnect. */
+START_TEST(test_crash_sigkill_resume)
+{
+    fake_t keys[3];
+    fixture_t fx; /* for the directory and keys only */
+    char err[512] = "", path[600], certs[300], key[400], ini[400], log[400];
+    char ca[400], text[4096];
+    memset(ic, 0, sizeof ic);
+    fixture_new(&fx, 3, keys, 3);
+    snprintf(certs, sizeof certs, "%s/tls", fx.dir);
+    fl_test_srcpath(path, sizeof path, "deploy/make-ca.sh");
+    ck_assert_int_eq(fl_test_system("sh %s --out %s --server-name localhost "
+                                    "--server-ip 127.0.0.1 >/dev/null 2>&1",
+                                    path, certs),
+                     0);
+    fl_artifact_key_t *sk = NULL;
+    ck_assert_int_eq(fl_artifact_key_generate(&sk), 0);
+    fl_artifact_key_public(sk, ic_sign_pk);
+    snprintf(key, sizeof key, "%s/sign", fx.dir);
+    ck_assert_int_eq(fl_artifact_key_save(sk, key), 0);
+    fl_artifact_key_free(sk);
+    fl_model_config_t mc;
+    fl_model_config_default(&mc);
+    mc.dim = 16;
+    mc.hidden_dim = 32;
+    mc.n_layers = 1;
+    mc.n_heads = 2;
+    mc.n_kv_heads = 1;
+    mc.seq_len = 16;
+    fl_model_t *model = NULL;
+    ck_assert_int_eq(fl_model_new(&mc, &model), 0);
+    fl_model_init_weights(model, 9);
+    snprintf(path, sizeof path, "%s/init.bin", fx.dir);
+    ck_assert_int_eq(fl_model_save(model, path, 0), 0);
+    fl_model_free(model);
+    int port = free_port();
+    snprintf(ini, sizeof ini, "%s/server.ini", fx.dir);
+    snprintf(log, sizeof log, "%s/server.log", fx.dir);
+    snprintf(ca, sizeof ca, "%s/ca.crt", certs);
+    snprintf(text, sizeof text,
+             "[server]\nstate = %s\ntransport = tls\nlisten = 127.0.0.1\n"
+             "port = %d\ntls-cert = %s/server.crt\ntls-key = %s/server.key\n"
+             "signing-key = %s.key\ninit-model = %s\nmetrics = false\n"
+             "cohort = 3\nover-selection = 1.0\nmin-clients = 3\n"
+             "round-interval-ms = 300\nnoise-seed = 77\npopulation = 50\n",
+             fx.dir, port, certs, certs, key, path);
+    write_file(ini, text);
+
+    pid_t pid = spawn_config(ini, log);
+    wait_port(port);
+    for (int i = 0; i < 3; i++) {
+        ic[i].idx = i;
+        memcpy(ic[i].pk, keys[i].pk, 32);
+        memcpy(ic[i].sk, keys[i].sk, 64);
+        ic[i].mid_of = 2;
+    }
+    ic_connect_all(&fx.loop, 3, port, ca);
+    /* Round 1 completes; round 2 reaches its ShareKeys phase. */
+    RUN_LOOP_UNTIL(&fx.loop,
+                   ic[0].mid_round && ic[1].mid_round && ic[2].mid_round);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_uint_eq(ic[i].result_round, 1);
+        ck_assert_uint_eq(ic[i].result_version, 2);
+    }
+    ck_assert_int_eq(kill(pid, SIGKILL), 0);
+    ck_assert_int_eq(wait_exit(pid, 20), -1); /* killed, not exited */
+    RUN_LOOP_UNTIL(&fx.loop, ic[0].closed && ic[1].closed && ic[2].closed);
+
+    /* On disk: the last completed round and its signed version. */
+    fl_server_state_t st;
+    fl_server_state_init(&st);
+    ck_assert_int_eq(fl_server_state_load(fx.dir, &st, err, sizeof err), 0);
+    ck_assert_uint_eq(st.round, 1);
+    ck_assert_uint_eq(st.model_version, 2);
+    snprintf(path, sizeof path, "%s/%s", fx.dir, st.model_dir);
+    ck_assert_int_eq(
+        fl_artifact_verify_dir(path, ic_sign_pk, NULL, err, sizeof err), 0);
+    fl_server_state_clear(&st);
+
+    /* Restart: the devices come back and the next round is round 2. */
+    pid = spawn_config(ini, log);
+    wait_port(port);
+    for (int i = 0; i < 3; i++)
+        ic[i].mid_of = 0;
+    ic_connect_all(&fx.loop, 3, port, ca);
+    RUN_LOOP_UNTIL(&fx.loop,
+                   ic[0].got_result && ic[1].got_result && ic[2].got_result);
+    for (int i = 0; i < 3; i++) {
+        ck_assert(ic[i].success);
+        ck_assert_uint_eq(ic[i].result_round, 2);
+        ck_assert_uint_eq(ic[i].result_version, 3);
+    }
+    ck_assert_int_eq(kill(pid, SIGTERM), 0);
+    ck_assert_int_eq(wait_exit(pid, 30), 0);
+    RUN_LOOP_UNTIL(&fx.loop, ic[0].closed && ic[1].closed && ic[2].closed);
+    fl_server_state_init(&st);
+    ck_assert_int_eq(fl_server_state_load(fx.dir, &st, err, sizeof err), 0);
+    ck_assert_uint_eq(st.round, 2);
+    ck_assert_uint_eq(st.model_version, 3);
+    ck_assert(st.epsilon > 0);
+    fl_server_state_clear(&st);
+    for (int i = 0; i < 3; i++)
+        ic_round_reset(&ic[i]);
+    for (int i = 0; i < 100 && uv_run(&fx.loop, UV_RUN_NOWAIT); i++)
+        usleep(1000);
+    ck_assert_int_eq(uv_loop_close(&fx.loop), 0);
+    fl_server_config_free(&fx.cfg);
+    fl_test_rmtree(fx.dir);
 }
 END_TEST
 #endif /* HAVE_ENGINES */
@@ -1712,6 +1910,7 @@ Suite *check_server_suite(void)
     TCase *ic_ = tcase_create("integration");
     tcase_set_timeout(ic_, 80);
     tcase_add_test(ic_, test_integration_tls_round);
+    tcase_add_test(ic_, test_crash_sigkill_resume);
     suite_add_tcase(s, ic_);
 #endif
     return s;
