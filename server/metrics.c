@@ -86,6 +86,19 @@ int fl_server_metrics_render(const fl_server_metrics_t *m, fl_buf_t *o)
             m->epsilon));
     TRY(dbl(o, "flotilla_epsilon_budget",
             "Configured epsilon budget (0 = none).", m->epsilon_budget));
+    TRY(u64(o, "flotilla_budget_spent", "gauge",
+            "1 when the privacy budget has stopped training.",
+            (uint64_t)(m->budget_spent != 0)));
+    TRY(u64(o, "flotilla_training_reports_total", "counter",
+            "Training reports received from devices.", m->training_reports));
+    TRY(u64(o, "flotilla_training_examples_total", "counter",
+            "Examples devices reported training on.", m->training_examples));
+    TRY(dbl(o, "flotilla_round_loss_before",
+            "Mean local loss before training, last round with reports.",
+            m->loss_before));
+    TRY(dbl(o, "flotilla_round_loss_after",
+            "Mean local loss after training, last round with reports.",
+            m->loss_after));
 #undef TRY
     return rc;
 }

@@ -20,6 +20,7 @@
  * The engines are reached only through fl_server_engine_t. */
 #include "server/internal.h"
 
+#include <math.h>
 #include <sodium.h>
 #include <string.h>
 
@@ -50,7 +51,8 @@ typedef struct {
     int early; /* already answered the phase after the invitation: its
                   first message may follow its acceptance at once */
     int accepted;
-    int in_sum; /* its input is in the accumulator */
+    int in_sum;   /* its input is in the accumulator */
+    int reported; /* sent its TrainingReport */
 } participant_t;
 
 struct fl_server_round {
@@ -69,6 +71,8 @@ struct fl_server_round {
     double phase_start;
     int shutting_down;
     int warned_no_model;
+    double loss_sum[2]; /* TrainingReports of this round: before, after */
+    uint32_t nreports;
     int busy; /* inside a loop over participants: dropouts only counted */
     uv_work_t work;
     fl_server_finish_t fin;
@@ -192,6 +196,12 @@ static void send_result(fl_server_round_t *r, participant_t *pt, int success,
 
 static void round_end(fl_server_round_t *r)
 {
+    if (r->nreports) {
+        r->s->metrics.loss_before = r->loss_sum[0] / r->nreports;
+        r->s->metrics.loss_after = r->loss_sum[1] / r->nreports;
+    }
+    r->nreports = 0;
+    r->loss_sum[0] = r->loss_sum[1] = 0;
     if (r->ectx && r->s->engine->end)
         r->s->engine->end(r->ectx);
     r->ectx = NULL;
@@ -351,6 +361,7 @@ void fl_server_round_tick(fl_server_round_t *r)
         FL_WARN("the privacy budget (epsilon %g) allows no further round; "
                 "training stops, models are still served",
                 c->epsilon_budget);
+        s->metrics.budget_spent = 1;
         return; /* no timer: training is over */
     }
     /* Candidates, then a uniform random choice of up to the invitees. */
@@ -754,6 +765,15 @@ int fl_server_round_on_message(fl_server_round_t *r, fl_server_peer_t *p,
                  "%u ms",
                  (unsigned long long)round, pt->id, (double)t->loss_before,
                  (double)t->loss_after, t->num_examples, t->train_ms);
+        if (pt->reported || !isfinite(t->loss_before) ||
+            !isfinite(t->loss_after))
+            return 0; /* one report per client; junk is not averaged */
+        pt->reported = 1;
+        r->s->metrics.training_reports++;
+        r->s->metrics.training_examples += t->num_examples;
+        r->loss_sum[0] += t->loss_before;
+        r->loss_sum[1] += t->loss_after;
+        r->nreports++;
         return 0;
     }
     case FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT:

@@ -274,6 +274,10 @@ typedef struct {
     uint64_t phase_count[FL_SERVER_PHASE_COUNT];
     double epsilon;
     double epsilon_budget;
+    int budget_spent;               /* training stopped by the privacy budget */
+    uint64_t training_reports;      /* TrainingReports received */
+    uint64_t training_examples;     /* their num_examples, summed */
+    double loss_before, loss_after; /* means over the last round's reports */
 } fl_server_metrics_t;
 
 /* Appends the Prometheus text exposition (format 0.0.4) to out. */

@@ -822,7 +822,7 @@ END_TEST
 typedef struct {
     uint32_t sum[T_VALUES];
     int inputs;
-    int begun, ended, finished;
+    int begun, ended, finished, budget_calls;
     uint32_t n;
     Flotilla__RoundConfig seen; /* scalar fields of the last config */
     uint32_t threshold;
@@ -932,6 +932,60 @@ static void send_input(fake_t *f, uint64_t round, uint32_t id, uint32_t base)
     fake_deliver(f, &e);
 }
 
+static void send_report(fake_t *f, uint64_t round, float before, float after,
+                        uint32_t examples)
+{
+    Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
+    Flotilla__TrainingReport t = FLOTILLA__TRAINING_REPORT__INIT;
+    t.round = round;
+    t.loss_before = before;
+    t.loss_after = after;
+    t.num_examples = examples;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_TRAINING_REPORT;
+    e.training_report = &t;
+    fake_deliver(f, &e);
+}
+
+static int te_budget_spent(void *ctx, const fl_server_config_t *cfg,
+                           const fl_server_state_t *st, uint64_t population)
+{
+    te.budget_calls++;
+    return FL_EBUDGET;
+}
+
+/* A spent privacy budget stops training: no round starts, models are still
+ * served, /metrics says so. */
+START_TEST(test_round_budget_spent)
+{
+    fixture_t fx;
+    fake_t fs[3];
+    char err[256] = "";
+    const fl_cfg_table_t *t = fl_server_config_table();
+    memset(&te, 0, sizeof te);
+    fixture_new(&fx, 3, fs, 3);
+    fl_cfg_set(t, &fx.cfg, "secagg", "false", err, sizeof err);
+    fl_cfg_set(t, &fx.cfg, "cohort", "3", err, sizeof err);
+    fl_cfg_set(t, &fx.cfg, "round-interval-ms", "0", err, sizeof err);
+    fl_cfg_set(t, &fx.cfg, "epsilon-budget", "1.0", err, sizeof err);
+    static fl_server_engine_t eng;
+    eng = test_engine;
+    eng.budget = te_budget_spent;
+    fixture_start(&fx, &eng, NULL);
+    fl_server_set_params(fx.s, fl_calloc(T_VALUES, sizeof(float)), T_VALUES);
+    for (int i = 0; i < 3; i++) {
+        fake_connect(fx.s, &fs[i]);
+        fake_expect(&fs[i], FLOTILLA__ENVELOPE__BODY_HELLO_RESULT);
+    }
+    RUN_UNTIL(&fx, fl_server_metrics(fx.s)->budget_spent);
+    ck_assert_int_eq(te.begun, 0);
+    ck_assert_int_eq(te.budget_calls, 1);
+    for (int i = 0; i < 3; i++)
+        ck_assert_ptr_null(
+            find_msg(&fs[i], FLOTILLA__ENVELOPE__BODY_ROUND_INVITE));
+    fixture_free(&fx, fs, 3);
+}
+END_TEST
+
 START_TEST(test_round_orchestrator)
 {
     fixture_t fx;
@@ -985,6 +1039,9 @@ START_TEST(test_round_orchestrator)
      * device is refused; the three others' inputs are summed. */
     fs[3].close_asked = 1;
     fake_reap(fs, 4);
+    send_report(&fs[0], 1, 2.0f, 1.5f, 10);
+    send_report(&fs[0], 1, 9.0f, 9.0f, 99); /* a second one is not counted */
+    send_report(&fs[1], 1, 3.0f, 2.5f, 20);
     send_input(&fs[0], 1, rc[0]->client_id, 100);
     send_input(&fs[1], 1, rc[1]->client_id, 200);
     /* Speaking for another client closes that device only... not here:
@@ -1011,6 +1068,10 @@ START_TEST(test_round_orchestrator)
     ck_assert_uint_eq(m->rounds_completed, 1);
     ck_assert_uint_eq(m->dropouts[FL_SERVER_PHASE_MASKED_INPUT], 1);
     ck_assert_uint_eq(m->phase_count[FL_SERVER_PHASE_INVITE], 1);
+    ck_assert_uint_eq(m->training_reports, 2);
+    ck_assert_uint_eq(m->training_examples, 30);
+    ck_assert_double_eq(m->loss_before, 2.5);
+    ck_assert_double_eq(m->loss_after, 2.0);
     fl_server_state_t st;
     fl_server_state_init(&st);
     ck_assert_int_eq(fl_server_state_load(fx.dir, &st, err, sizeof err), 0);
@@ -1899,6 +1960,7 @@ Suite *check_server_suite(void)
     tcase_add_test(tc, test_http_respond);
     tcase_add_test(tc, test_hello_over_peers);
     tcase_add_test(tc, test_round_orchestrator);
+    tcase_add_test(tc, test_round_budget_spent);
     suite_add_tcase(s, tc);
     TCase *pc = tcase_create("process");
     tcase_set_timeout(pc, 60);
