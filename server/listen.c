@@ -52,7 +52,8 @@ static void on_close(fl_net_conn_t *c, int reason)
     fl_server_peer_t *p = fl_net_conn_data(c);
     if (reason < 0 && reason != FL_ECLOSED) {
         char addr[64] = "";
-        fl_net_conn_peer_addr(c, addr, sizeof addr);
+        if (fl_net_conn_peer_addr(c, addr, sizeof addr) < 0 || !addr[0])
+            snprintf(addr, sizeof addr, "(address unknown)");
         FL_INFO("connection %s closed: %s", addr, fl_strerror(reason));
     }
     if (p)

@@ -1583,6 +1583,7 @@ START_TEST(test_integration_tls_round)
     fake_t keys[IC_N];
     char err[512] = "", path[600], cmd[1024], certs[300], key[400];
     const fl_cfg_table_t *t = fl_server_config_table();
+    signal(SIGPIPE, SIG_IGN);
     memset(ic, 0, sizeof ic);
     fixture_new(&fx, IC_N, keys, IC_N);
     /* TLS material, the signing key and the initial model. */
@@ -1839,6 +1840,7 @@ START_TEST(test_crash_sigkill_resume)
     fixture_t fx; /* for the directory and keys only */
     char err[512] = "", path[600], certs[300], key[400], ini[400], log[400];
     char ca[400], text[4096];
+    signal(SIGPIPE, SIG_IGN);
     memset(ic, 0, sizeof ic);
     fixture_new(&fx, 3, keys, 3);
     snprintf(certs, sizeof certs, "%s/tls", fx.dir);
@@ -1942,6 +1944,139 @@ START_TEST(test_crash_sigkill_resume)
     fl_test_rmtree(fx.dir);
 }
 END_TEST
+
+/* A device whose hello the server must refuse, over real TLS. */
+typedef struct {
+    uint8_t pk[32], sk[64];
+    int refused, reason, closed, close_reason;
+    size_t big; /* > 0: send a frame of this many bytes after ServerHello */
+} intruder_t;
+
+static void in_on_frame(fl_net_conn_t *conn, const uint8_t *p, size_t len)
+{
+    intruder_t *x = fl_net_conn_data(conn);
+    fl_envelope_t *e = NULL;
+    ck_assert_int_eq(fl_proto_decode(p, len, 1u << 26, &e), 0);
+    if (e->body_case == FLOTILLA__ENVELOPE__BODY_SERVER_HELLO) {
+        if (x->big) {
+            uint8_t *junk = fl_calloc(1, x->big);
+            ck_assert_int_ge(fl_net_send(conn, junk, x->big), 0);
+            fl_free(junk);
+        } else {
+            Flotilla__ClientHello h = FLOTILLA__CLIENT_HELLO__INIT;
+            uint8_t sig[64];
+            sign_hello(&h, sig, x->pk, x->sk, e->server_hello->nonce.data);
+            Flotilla__Envelope out = FLOTILLA__ENVELOPE__INIT;
+            out.body_case = FLOTILLA__ENVELOPE__BODY_CLIENT_HELLO;
+            out.client_hello = &h;
+            out.protocol_version = FL_PROTOCOL_VERSION;
+            size_t n = flotilla__envelope__get_packed_size(&out);
+            uint8_t *buf = fl_malloc(n);
+            flotilla__envelope__pack(&out, buf);
+            ck_assert_int_ge(fl_net_send(conn, buf, n), 0);
+            fl_free(buf);
+        }
+    } else if (e->body_case == FLOTILLA__ENVELOPE__BODY_HELLO_RESULT) {
+        x->refused = !e->hello_result->accepted;
+        x->reason = (int)e->hello_result->reason;
+    }
+    fl_proto_free(e);
+}
+
+static void in_on_close(fl_net_conn_t *conn, int reason)
+{
+    intruder_t *x = fl_net_conn_data(conn);
+    x->closed = 1;
+    x->close_reason = reason;
+}
+
+/* The server process over TLS: TLS 1.3 handshakes (openssl s_client), TLS
+ * 1.2 refused, an unenrolled key refused with its reason, an oversized
+ * frame and garbage each close only their connection; the server keeps
+ * serving and exits 0 on SIGTERM. */
+START_TEST(test_process_tls_faults)
+{
+    char dir[256], certs[300], path[600], log[300], ini[300], ca[400];
+    char text[2048], *r = NULL;
+    signal(SIGPIPE, SIG_IGN); /* net writes with write(2) */
+    fl_test_tmpdir(dir, sizeof dir);
+    snprintf(certs, sizeof certs, "%s/tls", dir);
+    fl_test_srcpath(path, sizeof path, "deploy/make-ca.sh");
+    ck_assert_int_eq(fl_test_system("sh %s --out %s --server-name localhost "
+                                    "--server-ip 127.0.0.1 >/dev/null 2>&1",
+                                    path, certs),
+                     0);
+    int port = free_port(), mport = free_port();
+    snprintf(ini, sizeof ini, "%s/server.ini", dir);
+    snprintf(log, sizeof log, "%s/server.log", dir);
+    snprintf(ca, sizeof ca, "%s/ca.crt", certs);
+    snprintf(text, sizeof text,
+             "[server]\nstate = %s\nlisten = 127.0.0.1\nport = %d\n"
+             "tls-cert = %s/server.crt\ntls-key = %s/server.key\n"
+             "metrics-port = %d\nmax-frame = 65536\n",
+             dir, port, certs, certs, mport);
+    write_file(ini, text);
+    pid_t pid = spawn_config(ini, log);
+    wait_port(port);
+
+    ck_assert_int_eq(fl_test_system("openssl s_client -connect 127.0.0.1:%d "
+                                    "-tls1_3 -CAfile %s -verify_return_error "
+                                    "</dev/null 2>/dev/null | grep -q "
+                                    "'TLSv1.3'",
+                                    port, ca),
+                     0);
+    ck_assert_int_ne(fl_test_system("openssl s_client -connect 127.0.0.1:%d "
+                                    "-tls1_2 -CAfile %s </dev/null "
+                                    ">/dev/null 2>&1",
+                                    port, ca),
+                     0);
+    /* Garbage on the TLS port. */
+    r = http_get(port, "/metrics");
+    free(r);
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    fl_net_tls_t *ctls = NULL;
+    fl_net_tls_opts_t to = {.ca_file = ca};
+    ck_assert_int_eq(fl_net_tls_client_new(&to, &ctls), 0);
+    intruder_t x[2];
+    memset(x, 0, sizeof x);
+    crypto_sign_keypair(x[0].pk, x[0].sk);
+    x[1].big = 100000; /* above the server's max-frame */
+    for (int i = 0; i < 2; i++) {
+        fl_net_connect_opts_t o;
+        fl_net_connect_opts_init(&o);
+        o.host = "127.0.0.1";
+        o.port = port;
+        o.tls = ctls;
+        o.cb.on_open = ic_on_open;
+        o.cb.on_frame = in_on_frame;
+        o.cb.on_close = in_on_close;
+        o.data = &x[i];
+        ck_assert_int_eq(fl_net_connect(&loop, &o, NULL), 0);
+    }
+    fl_net_tls_free(ctls);
+    RUN_LOOP_UNTIL(&loop, x[0].closed && x[1].closed);
+    ck_assert(x[0].refused);
+    ck_assert_int_eq(x[0].reason, FLOTILLA__ABORT_REASON__ABORT_NOT_ENROLLED);
+    ck_assert(!x[1].refused);
+    for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT); i++)
+        usleep(1000);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+
+    /* Still serving; the refusal is counted. */
+    r = http_get(mport, "/metrics");
+    ck_assert_ptr_nonnull(r);
+    char *body = strstr(r, "\r\n\r\n");
+    ck_assert_ptr_nonnull(body);
+    ck_assert_double_eq(metric_value(body + 4, "flotilla_hellos_refused_total"),
+                        1);
+    free(r);
+    ck_assert_int_eq(kill(pid, SIGTERM), 0);
+    ck_assert_int_eq(wait_exit(pid, 30), 0);
+    fl_test_rmtree(dir);
+}
+END_TEST
 #endif /* HAVE_ENGINES */
 
 Suite *check_server_suite(void)
@@ -1973,6 +2108,7 @@ Suite *check_server_suite(void)
     tcase_set_timeout(ic_, 80);
     tcase_add_test(ic_, test_integration_tls_round);
     tcase_add_test(ic_, test_crash_sigkill_resume);
+    tcase_add_test(ic_, test_process_tls_faults);
     suite_add_tcase(s, ic_);
 #endif
     return s;
