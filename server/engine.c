@@ -297,6 +297,19 @@ out:
     return rc;
 }
 
+/* Thread pool, several parts at once: stage 0 derives the dropped
+ * clients' pairwise seeds, stage 1 removes the masks over coordinate
+ * ranges. */
+static int eng_parallel(void *round_ctx, unsigned stage, unsigned part,
+                        unsigned nparts)
+{
+    eround_t *er = round_ctx;
+    if (!er->secagg)
+        return 0;
+    return stage == 0 ? fl_secagg_server_derive_part(er->sa, part, nparts)
+                      : fl_secagg_server_unmask_part(er->sa, part, nparts);
+}
+
 /* Thread pool. */
 static int eng_finish(void *round_ctx, fl_server_finish_t *f)
 {
@@ -322,7 +335,7 @@ static int eng_finish(void *round_ctx, fl_server_finish_t *f)
     if (er->secagg) {
         step = "unmasking";
         sum = fl_calloc(er->m, sizeof *sum);
-        rc = sum ? fl_secagg_server_unmask(er->sa) : FL_ENOMEM;
+        rc = sum ? fl_secagg_server_unmask_finish(er->sa) : FL_ENOMEM;
         if (rc == 0)
             rc = fl_secagg_server_result(er->sa, sum, er->m, NULL, NULL);
         if (rc == 0) {
@@ -442,6 +455,8 @@ const fl_server_engine_t fl_server_engine_default = {
     .close = eng_close,
     .request = eng_request,
     .request_done = eng_request_done,
+    .parallel = eng_parallel,
+    .parallel_stages = 2,
     .finish = eng_finish,
     .end = eng_end,
     .budget = eng_budget,

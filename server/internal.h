@@ -51,6 +51,9 @@ int fl_server_http_respond(const fl_server_http_handler_t *h,
  * counts survivors. server/engine.c holds the table that calls the real
  * engines; tests substitute their own to drive the orchestrator. */
 
+/* Work items per parallel stage: libuv's default thread-pool size. */
+#define FL_SERVER_PARALLEL_PARTS 4
+
 typedef struct {
     uint64_t round;
     uint32_t survivors; /* clients whose input is in the sum */
@@ -95,6 +98,13 @@ typedef struct {
      * sent. FL_ENOENT: nothing for that client (it dropped). */
     int (*request)(void *round_ctx, int phase, uint32_t id, fl_envelope_t *e);
     void (*request_done)(void *round_ctx, fl_envelope_t *e);
+    /* Optional, thread pool, before finish: parallel_stages stages of
+     * FL_SERVER_PARALLEL_PARTS calls each (secagg's mask removal split by
+     * coordinates); the calls of a stage run at once on different
+     * threads, a stage starts when the previous one has returned. */
+    int (*parallel)(void *round_ctx, unsigned stage, unsigned part,
+                    unsigned nparts);
+    unsigned parallel_stages;
     /* Thread pool: unmask (secagg), decode, noise, accountant, server
      * optimizer, publish, write the new state. Touches only round_ctx and
      * f. Returns 0 or an FL_E* code with f->err set. */

@@ -77,6 +77,14 @@ struct fl_server_round {
     uv_work_t work;
     fl_server_finish_t fin;
     int fin_rc;
+    /* The parallel stages before finish (engine->parallel). */
+    struct part_work {
+        uv_work_t w;
+        fl_server_round_t *r;
+        unsigned part;
+        int rc;
+    } pw[FL_SERVER_PARALLEL_PARTS];
+    unsigned stage, pending;
 };
 
 static void deadline_cb(uv_timer_t *t);
@@ -539,6 +547,68 @@ static void finish_done(uv_work_t *w, int status)
     }
 }
 
+/* Stage k < engine->parallel_stages: FL_SERVER_PARALLEL_PARTS calls of
+ * engine->parallel on the thread pool at once; after the last stage, the
+ * finish job. */
+static int start_stage(fl_server_round_t *r, unsigned stage);
+
+static void part_work(uv_work_t *w)
+{
+    struct part_work *pw = w->data;
+    fl_server_round_t *r = pw->r;
+    pw->rc = r->s->engine->parallel(r->ectx, r->stage, pw->part,
+                                    FL_SERVER_PARALLEL_PARTS);
+}
+
+static void part_done(uv_work_t *w, int status)
+{
+    struct part_work *pw = w->data;
+    fl_server_round_t *r = pw->r;
+    if (status < 0 && pw->rc == 0)
+        pw->rc = FL_EINTERNAL;
+    if (--r->pending > 0)
+        return;
+    int rc = 0;
+    for (unsigned i = 0; i < FL_SERVER_PARALLEL_PARTS; i++)
+        if (r->pw[i].rc < 0 && rc == 0)
+            rc = r->pw[i].rc;
+    if (rc == 0)
+        rc = start_stage(r, r->stage + 1);
+    if (rc < 0) {
+        r->fin_rc = rc;
+        snprintf(r->fin.err, sizeof r->fin.err, "unmasking: %s",
+                 fl_strerror(rc));
+        finish_done(&r->work, 0);
+    }
+}
+
+static int start_stage(fl_server_round_t *r, unsigned stage)
+{
+    const fl_server_engine_t *en = r->s->engine;
+    r->stage = stage;
+    if (!en->parallel || stage >= en->parallel_stages)
+        return uv_queue_work(r->s->loop, &r->work, finish_work, finish_done) < 0
+                   ? FL_EINTERNAL
+                   : 0;
+    r->pending = 0;
+    for (unsigned i = 0; i < FL_SERVER_PARALLEL_PARTS; i++) {
+        r->pw[i].r = r;
+        r->pw[i].part = i;
+        r->pw[i].rc = 0;
+        r->pw[i].w.data = &r->pw[i];
+    }
+    for (unsigned i = 0; i < FL_SERVER_PARALLEL_PARTS; i++) {
+        if (uv_queue_work(r->s->loop, &r->pw[i].w, part_work, part_done) < 0) {
+            if (r->pending == 0)
+                return FL_EINTERNAL;
+            r->pw[i].rc = FL_EINTERNAL; /* the queued ones report */
+            break;
+        }
+        r->pending++;
+    }
+    return 0;
+}
+
 static void start_finish(fl_server_round_t *r)
 {
     fl_server_t *s = r->s;
@@ -578,9 +648,7 @@ static void start_finish(fl_server_round_t *r)
     enter(r, RS_FINISH);
     r->work.data = r;
     if (rc == 0)
-        rc = uv_queue_work(s->loop, &r->work, finish_work, finish_done) < 0
-                 ? FL_EINTERNAL
-                 : 0;
+        rc = start_stage(r, 0);
     if (rc < 0) {
         fl_server_state_clear(&r->fin.state);
         abort_round(r, FLOTILLA__ABORT_REASON__ABORT_INTERNAL, "out of memory");
