@@ -12,8 +12,7 @@ void fl_net_connect_opts_init(fl_net_connect_opts_t *o)
     fl_net_limits_init(&o->limits);
 }
 
-/* ---- one connection --------------------------------------------------------
- */
+/* ---- one connection ---- */
 
 static void on_connect(uv_connect_t *req, int status)
 {
@@ -101,8 +100,7 @@ out:
     return rc;
 }
 
-/* ---- backoff ----------------------------------------------------------------
- */
+/* ---- backoff ---- */
 
 void fl_net_backoff_init(fl_net_backoff_t *b, uint64_t base_ms, uint64_t cap_ms,
                          uint64_t seed)
@@ -133,8 +131,7 @@ void fl_net_backoff_reset(fl_net_backoff_t *b)
     b->attempt = 0;
 }
 
-/* ---- reconnecting client ----------------------------------------------------
- */
+/* ---- reconnecting client ---- */
 
 struct fl_net_reconnect {
     uv_loop_t *loop;

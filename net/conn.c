@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Decoder buffers above this are released after their frame. */
+#define DECODER_KEEP (256u << 10)
+
 void fl_net_limits_init(fl_net_limits_t *l)
 {
     memset(l, 0, sizeof *l);
@@ -16,7 +19,7 @@ void fl_net_limits_init(fl_net_limits_t *l)
     l->handshake_ms = 10000;
 }
 
-/* ---- creation ------------------------------------------------------------ */
+/* ---- creation ---- */
 
 static void on_timer(uv_timer_t *t);
 
@@ -53,7 +56,7 @@ fl_net_conn_t *fl_net__conn_new(uv_loop_t *loop, const fl_net_limits_t *lim,
     return c;
 }
 
-/* ---- closing ------------------------------------------------------------- */
+/* ---- closing ---- */
 
 static void conn_finalize(fl_net_conn_t *c)
 {
@@ -157,8 +160,7 @@ void fl_net_conn_close(fl_net_conn_t *c, int reason)
         fl_net__conn_close(c, 0);
 }
 
-/* ---- timers ---------------------------------------------------------------
- */
+/* ---- timers ---- */
 
 static void on_timer(uv_timer_t *t)
 {
@@ -188,8 +190,7 @@ int fl_net_conn_set_deadline(fl_net_conn_t *c, uint64_t ms)
     return 0;
 }
 
-/* ---- reading --------------------------------------------------------------
- */
+/* ---- reading ---- */
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -206,6 +207,9 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     if (c->state >= NET_DRAINING)
         return;
     if (n > 0) {
+        c->st.bytes_in += (uint64_t)n;
+        if (c->server)
+            c->server->st.io.bytes_in += (uint64_t)n;
         if (c->state == NET_OPEN && c->lim.idle_ms)
             uv_timer_start(&c->timer, on_timer, c->lim.idle_ms, 0);
         int rc = c->tp->input(c, (const uint8_t *)buf->base, (size_t)n);
@@ -264,14 +268,22 @@ int fl_net__conn_deliver(fl_net_conn_t *c, const uint8_t *p, size_t n)
             return rc;
         p += used;
         n -= used;
-        if (rc == 1 && c->cb.on_frame)
+        if (rc != 1)
+            continue;
+        c->st.frames_in++;
+        if (c->server)
+            c->server->st.io.frames_in++;
+        if (c->cb.on_frame)
             c->cb.on_frame(c, frame, flen);
+        /* One large frame must not pin its buffer for the connection's
+         * whole life (a server holds thousands of them). */
+        if (c->dec.payload.cap > DECODER_KEEP && !c->dec.in_payload)
+            fl_buf_free(&c->dec.payload);
     }
     return c->state == NET_OPEN ? 0 : FL_ECLOSED;
 }
 
-/* ---- writing --------------------------------------------------------------
- */
+/* ---- writing ---- */
 
 size_t fl_net_conn_queued(const fl_net_conn_t *c)
 {
@@ -325,6 +337,9 @@ int fl_net__conn_write_wire(fl_net_conn_t *c, fl_net_wreq_t *w,
     w->c = c;
     w->owned = owned;
     owned = NULL;
+    c->st.bytes_out += w->inl + n;
+    if (c->server)
+        c->server->st.io.bytes_out += w->inl + n;
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write) < 0) {
         owned = w->owned;
         rc = FL_EIO;
@@ -353,9 +368,10 @@ static int conn_send(fl_net_conn_t *c, const uint8_t *p, size_t n,
         rc = FL_ETOOBIG;
         goto out;
     }
+    /* What the frame will add to the queue, TLS records included. */
+    size_t add = n + FL_FRAME_HEADER_LEN + (n / 16384 + 2) * 32;
     size_t q = fl_net_conn_queued(c);
-    if (q > 0 && (q + n + FL_FRAME_HEADER_LEN > c->lim.wq_max ||
-                  q + n + FL_FRAME_HEADER_LEN < q)) {
+    if (q > 0 && (add > c->lim.wq_max || q > c->lim.wq_max - add)) {
         /* The peer does not read fast enough: drop it, not the server. */
         fl_net__conn_close(c, FL_EAGAIN);
         rc = FL_EAGAIN;
@@ -369,6 +385,9 @@ static int conn_send(fl_net_conn_t *c, const uint8_t *p, size_t n,
         fl_net__conn_close(c, rc);
         goto out;
     }
+    c->st.frames_out++;
+    if (c->server)
+        c->server->st.io.frames_out++;
     if (fl_net_conn_queued(c) > c->lim.wq_high) {
         c->above_high = 1;
         rc = FL_NET_BACKPRESSURE;
@@ -388,8 +407,12 @@ int fl_net_send_owned(fl_net_conn_t *c, uint8_t *payload, size_t len)
     return conn_send(c, payload, len, payload);
 }
 
-/* ---- accessors ------------------------------------------------------------
- */
+/* ---- accessors ---- */
+
+void fl_net_conn_stats(const fl_net_conn_t *c, fl_net_stats_t *out)
+{
+    *out = c->st;
+}
 
 void fl_net_conn_set_data(fl_net_conn_t *c, void *data)
 {

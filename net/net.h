@@ -134,7 +134,9 @@ typedef struct {
      * NULL the connection is closed with FL_ETIMEOUT. */
     void (*on_deadline)(fl_net_conn_t *c);
     /* Exactly once per connection, also for one that never opened
-     * (fl_net_conn_is_open tells); c is freed when this returns. */
+     * (fl_net_conn_is_open tells); c is freed when this returns. Under
+     * mutual TLS a refused client may see on_open first: TLS 1.3 clients
+     * finish their handshake before the server has checked them. */
     void (*on_close)(fl_net_conn_t *c, int reason);
 } fl_net_callbacks_t;
 
@@ -152,6 +154,14 @@ int fl_net_send_owned(fl_net_conn_t *c, uint8_t *payload, size_t len);
 
 /* Bytes accepted by send and not yet handed to the kernel. */
 size_t fl_net_conn_queued(const fl_net_conn_t *c);
+
+/* Counters, for metrics. Bytes are socket bytes (TLS records and
+ * handshakes included), counted out when queued; frames are payloads. */
+typedef struct {
+    uint64_t bytes_in, bytes_out;
+    uint64_t frames_in, frames_out;
+} fl_net_stats_t;
+void fl_net_conn_stats(const fl_net_conn_t *c, fl_net_stats_t *out);
 
 /* Starts closing. reason < 0: at once, queued frames are dropped. reason 0:
  * gracefully, stops reading, sends what is queued (and the TLS close_notify)
@@ -198,7 +208,8 @@ typedef struct {
  * limits above, no callbacks. */
 void fl_net_server_opts_init(fl_net_server_opts_t *o);
 /* Binds and listens; *out returned owned. FL_EINVAL for a bad address,
- * FL_EIO (or FL_EEXIST for an address in use) when bind/listen fail. */
+ * FL_EIO (or FL_EEXIST for an address in use) when bind/listen fail; the
+ * memory of a failed server is released on the next loop iteration. */
 int fl_net_server_new(uv_loop_t *loop, const fl_net_server_opts_t *o,
                       fl_net_server_t **out);
 /* The bound port (useful with port 0). */
@@ -206,6 +217,16 @@ int fl_net_server_port(const fl_net_server_t *s);
 void *fl_net_server_data(const fl_net_server_t *s);
 /* Connections accepted and not yet closed (handshaking ones included). */
 unsigned fl_net_server_nconns(const fl_net_server_t *s);
+
+typedef struct {
+    unsigned conns;      /* open now, handshaking included */
+    unsigned handshakes; /* TLS handshakes in progress */
+    uint64_t accepted;   /* since start */
+    uint64_t rejected;   /* closed at accept (limits, errors) */
+    uint64_t closed;     /* accepted connections that have closed */
+    fl_net_stats_t io;   /* all connections, closed ones included */
+} fl_net_server_stats_t;
+void fl_net_server_stats(const fl_net_server_t *s, fl_net_server_stats_t *out);
 /* Stops listening and closes every connection (on_close with FL_ECLOSED);
  * the memory goes when the last handle has closed. NULL is a no-op. */
 void fl_net_server_free(fl_net_server_t *s);

@@ -70,6 +70,7 @@ struct fl_net_conn {
 
     fl_net_callbacks_t cb;
     void *data;
+    fl_net_stats_t st;
     fl_net_limits_t lim;
     fl_frame_decoder_t dec;
     uint8_t *rbuf; /* client connections; servers share theirs */
@@ -88,6 +89,7 @@ struct fl_net_server {
     fl_net_conn_t *conns;
     unsigned nconns;
     unsigned handshakes;
+    fl_net_server_stats_t st; /* conns/handshakes filled on demand */
     int port;
     uint8_t rbuf[FL_NET_READ_BUF]; /* shared: reads are processed at once */
 };

@@ -31,6 +31,7 @@ void fl_net__server_conn_gone(fl_net_server_t *s, fl_net_conn_t *c)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    s->st.closed++;
     server_maybe_free(s);
 }
 
@@ -54,6 +55,7 @@ static void server_reject(fl_net_server_t *s, int reason)
         uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)t);
         uv_close((uv_handle_t *)t, on_rejected_closed);
     }
+    s->st.rejected++;
     if (s->o.on_reject)
         s->o.on_reject(s, reason);
 }
@@ -63,6 +65,7 @@ static void on_connection(uv_stream_t *ls, int status)
     fl_net_server_t *s = ls->data;
     fl_net_conn_t *c = NULL;
     if (status < 0) {
+        s->st.rejected++;
         if (s->o.on_reject)
             s->o.on_reject(s, FL_EIO);
         return;
@@ -83,6 +86,7 @@ static void on_connection(uv_stream_t *ls, int status)
         rc = fl_net__tls_attach(c, s->o.tls, 1, NULL);
     if (rc != 0) {
         fl_net__conn_abort_new(c);
+        s->st.rejected++;
         if (s->o.on_reject)
             s->o.on_reject(s, rc < 0 && rc > FL_E__BASE ? FL_EIO : rc);
         return;
@@ -93,6 +97,7 @@ static void on_connection(uv_stream_t *ls, int status)
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
+    s->st.accepted++;
     if (s->o.tls) {
         c->in_handshake = 1;
         s->handshakes++;
@@ -182,6 +187,13 @@ void *fl_net_server_data(const fl_net_server_t *s)
 unsigned fl_net_server_nconns(const fl_net_server_t *s)
 {
     return s->nconns;
+}
+
+void fl_net_server_stats(const fl_net_server_t *s, fl_net_server_stats_t *out)
+{
+    *out = s->st;
+    out->conns = s->nconns;
+    out->handshakes = s->handshakes;
 }
 
 void fl_net_server_free(fl_net_server_t *s)

@@ -35,8 +35,7 @@ typedef struct {
     int handshake_done;
 } tls_state_t;
 
-/* ---- fingerprints ---------------------------------------------------------
- */
+/* ---- fingerprints ---- */
 
 static int x509_fingerprint(X509 *x, fl_net_fp_kind_t kind,
                             uint8_t out[FL_NET_FP_LEN])
@@ -95,8 +94,7 @@ int fl_net__tls_peer_fingerprint(const fl_net_conn_t *c, fl_net_fp_kind_t kind,
     return x509_fingerprint(x, kind, out);
 }
 
-/* ---- contexts -------------------------------------------------------------
- */
+/* ---- contexts ---- */
 
 fl_net_tls_t *fl_net__tls_ref(fl_net_tls_t *t)
 {
@@ -241,8 +239,7 @@ out:
     return rc;
 }
 
-/* ---- the transport --------------------------------------------------------
- */
+/* ---- the transport ---- */
 
 /* Why a TLS call failed, as a close reason. Clears the error queue so that
  * it never leaks into another connection's calls. */

@@ -21,8 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* ---- certificates ----------------------------------------------------------
- */
+/* ---- certificates ---- */
 
 static char g_dir[256];
 
@@ -96,8 +95,7 @@ static fl_net_tls_t *client_tls(const char *who, const uint8_t *pin,
     return t;
 }
 
-/* ---- the loop
- * ----------------------------------------------------------------- */
+/* ---- the loop ---- */
 
 typedef struct {
     uv_loop_t loop;
@@ -145,10 +143,10 @@ static void env_finish(env_t *e)
     ck_assert_int_eq(uv_loop_close(&e->loop), 0);
 }
 
-/* ---- one side's view
- * --------------------------------------------------------- Frames carry their
- * sequence number in their first 8 bytes and bytes derived from it after; the
- * receiver checks order, length and content. */
+/* ---- one side's view ---- */
+
+/* Frames carry their sequence number in their first 8 bytes and bytes
+ * derived from it after; the receiver checks order, length and content. */
 typedef struct {
     int opened, closed, frames, rejects, writable, deadlines;
     int reasons[64];
@@ -319,8 +317,7 @@ static fl_net_conn_t *start_client(env_t *e, side_t *s, int port,
     return c;
 }
 
-/* ---- raw sockets: peers that misbehave
- * ------------------------------------------ */
+/* ---- raw sockets: peers that misbehave ---- */
 
 static int raw_connect_af(int af, int port, int rcvbuf)
 {
@@ -383,8 +380,7 @@ static int raw_closed(int fd, int ms)
     return 0;
 }
 
-/* ---- round trips
- * -------------------------------------------------------------- */
+/* ---- round trips ---- */
 
 enum { ROUND_FRAMES = 120 };
 
@@ -413,6 +409,29 @@ static void roundtrip(int use_tls, const char *host, const char *server_name)
     char addr[80];
     ck_assert_int_eq(fl_net_conn_peer_addr(ss.conn, addr, sizeof addr), 0);
     ck_assert_ptr_nonnull(strstr(addr, host));
+    fl_net_server_stats_t sst;
+    fl_net_stats_t cst;
+    fl_net_server_stats(srv, &sst);
+    fl_net_conn_stats(c, &cst);
+    ck_assert_uint_eq(sst.accepted, 1);
+    ck_assert_uint_eq(sst.conns, 1);
+    ck_assert_uint_eq(sst.handshakes, 0);
+    ck_assert_uint_eq(sst.io.frames_in, ROUND_FRAMES);
+    ck_assert_uint_eq(sst.io.frames_out, ROUND_FRAMES);
+    ck_assert_uint_eq(cst.frames_out, ROUND_FRAMES);
+    ck_assert_uint_eq(cst.frames_in, ROUND_FRAMES);
+    uint64_t wire = 0;
+    for (uint64_t i = 0; i < ROUND_FRAMES; i++)
+        wire += len_of(i, 0) + FL_FRAME_HEADER_LEN;
+    if (use_tls) { /* records and handshake on top */
+        ck_assert_uint_gt(sst.io.bytes_in, wire);
+        ck_assert_uint_gt(cst.bytes_in, wire);
+    } else {
+        ck_assert_uint_eq(sst.io.bytes_in, wire);
+        ck_assert_uint_eq(sst.io.bytes_out, wire);
+        ck_assert_uint_eq(cst.bytes_in, wire);
+        ck_assert_uint_eq(cst.bytes_out, wire);
+    }
     /* No client certificate was asked for. */
     ck_assert_int_eq(ss.fp_rc, FL_ENOENT);
     ck_assert_int_eq(cs.fp_rc, use_tls ? 0 : FL_ENOENT);
@@ -490,8 +509,7 @@ START_TEST(test_many_frames_one_write)
 }
 END_TEST
 
-/* ---- misbehaving peers
- * --------------------------------------------------------- */
+/* ---- misbehaving peers ---- */
 
 /* Over TLS: one client declares a frame above the server's maximum; it is
  * closed with FL_ETOOBIG and the other client carries on. */
@@ -742,8 +760,7 @@ START_TEST(test_pinning_and_names)
 }
 END_TEST
 
-/* ---- deadlines and limits
- * ------------------------------------------------------ */
+/* ---- deadlines and limits ---- */
 
 START_TEST(test_idle_deadline)
 {
@@ -832,6 +849,10 @@ START_TEST(test_connection_limit)
     int c = raw_connect(port);
     RUN_UNTIL(&e, ss.rejects == 1, 5000);
     ck_assert_int_eq(ss.last_reject, FL_EAGAIN);
+    fl_net_server_stats_t sst;
+    fl_net_server_stats(srv, &sst);
+    ck_assert_uint_eq(sst.rejected, 1);
+    ck_assert_uint_eq(sst.accepted, 2);
     ck_assert(raw_closed(c, 2000));
     ck_assert_int_eq(fl_net_server_nconns(srv), 2);
     ck_assert_int_eq(ss.closed, 0);
@@ -998,8 +1019,7 @@ START_TEST(test_backpressure_tls)
 }
 END_TEST
 
-/* ---- backoff and reconnection
- * -------------------------------------------------- */
+/* ---- backoff and reconnection ---- */
 
 START_TEST(test_backoff)
 {
@@ -1133,8 +1153,7 @@ START_TEST(test_reconnect)
 }
 END_TEST
 
-/* ---- API contracts
- * ------------------------------------------------------------- */
+/* ---- API contracts ---- */
 
 START_TEST(test_api_errors)
 {
