@@ -226,6 +226,9 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 void fl_net__conn_start(fl_net_conn_t *c)
 {
     uv_tcp_nodelay(&c->tcp, 1);
+    /* Finds peers that vanished without a FIN when no idle deadline is
+     * set (60 s before the first probe). */
+    uv_tcp_keepalive(&c->tcp, 1, 60);
     c->state = NET_HANDSHAKE;
     int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rc < 0) {
@@ -467,4 +470,13 @@ int fl_net_conn_peer_fingerprint(const fl_net_conn_t *c, fl_net_fp_kind_t kind,
     if (c->tp != &fl_net__tls)
         return FL_ENOENT;
     return fl_net__tls_peer_fingerprint(c, kind, out);
+}
+
+int fl_net_conn_peer_spki(const fl_net_conn_t *c, uint8_t **der, size_t *len)
+{
+    *der = NULL;
+    *len = 0;
+    if (c->tp != &fl_net__tls)
+        return FL_ENOENT;
+    return fl_net__tls_peer_spki(c, der, len);
 }

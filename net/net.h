@@ -186,6 +186,9 @@ int fl_net_conn_peer_addr(const fl_net_conn_t *c, char *buf, size_t len);
  * FL_ENOENT without one (plain TCP, or no client certificate). */
 int fl_net_conn_peer_fingerprint(const fl_net_conn_t *c, fl_net_fp_kind_t kind,
                                  uint8_t out[FL_NET_FP_LEN]);
+/* The peer certificate's public key as DER SubjectPublicKeyInfo, returned
+ * owned in *der (fl_free). FL_ENOENT without a peer certificate. */
+int fl_net_conn_peer_spki(const fl_net_conn_t *c, uint8_t **der, size_t *len);
 
 /* ---- server -------------------------------------------------------------- */
 typedef struct {

@@ -132,5 +132,6 @@ int fl_net__tls_attach(fl_net_conn_t *c, fl_net_tls_t *tls, int is_server,
 fl_net_tls_t *fl_net__tls_ref(fl_net_tls_t *t);
 int fl_net__tls_peer_fingerprint(const fl_net_conn_t *c, fl_net_fp_kind_t kind,
                                  uint8_t out[FL_NET_FP_LEN]);
+int fl_net__tls_peer_spki(const fl_net_conn_t *c, uint8_t **der, size_t *len);
 
 #endif

@@ -94,6 +94,27 @@ int fl_net__tls_peer_fingerprint(const fl_net_conn_t *c, fl_net_fp_kind_t kind,
     return x509_fingerprint(x, kind, out);
 }
 
+int fl_net__tls_peer_spki(const fl_net_conn_t *c, uint8_t **der, size_t *len)
+{
+    const tls_state_t *t = c->tp_state;
+    X509 *x = t ? SSL_get0_peer_certificate(t->ssl) : NULL;
+    unsigned char *p = NULL;
+    if (!x)
+        return FL_ENOENT;
+    int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &p);
+    if (n <= 0) {
+        ERR_clear_error();
+        return FL_ECRYPTO;
+    }
+    *der = fl_malloc((size_t)n);
+    if (*der) {
+        memcpy(*der, p, (size_t)n);
+        *len = (size_t)n;
+    }
+    OPENSSL_free(p);
+    return *der ? 0 : FL_ENOMEM;
+}
+
 /* ---- contexts ---- */
 
 fl_net_tls_t *fl_net__tls_ref(fl_net_tls_t *t)

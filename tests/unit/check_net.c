@@ -161,6 +161,8 @@ typedef struct {
     fl_net_conn_t *conn;
     int fp_rc;
     uint8_t fp[FL_NET_FP_LEN];
+    uint8_t *spki; /* the peer's key (DER) while s->conn is open */
+    size_t spki_len;
 } side_t;
 
 static size_t len_of(uint64_t seq, int small)
@@ -231,6 +233,9 @@ static void cb_open(fl_net_conn_t *c)
     s->opened++;
     s->conn = c;
     s->fp_rc = fl_net_conn_peer_fingerprint(c, FL_NET_FP_SPKI, s->fp);
+    fl_free(s->spki);
+    ck_assert_int_eq(fl_net_conn_peer_spki(c, &s->spki, &s->spki_len),
+                     s->fp_rc == 0 ? 0 : FL_ENOENT);
     if (s->phase_ms)
         ck_assert_int_eq(fl_net_conn_set_deadline(c, s->phase_ms), 0);
     send_frames(c, s->send_n, s->small);
@@ -253,8 +258,11 @@ static void cb_close(fl_net_conn_t *c, int reason)
     s->closed++;
     if (s->nreasons < (int)FL_ARRAY_LEN(s->reasons))
         s->reasons[s->nreasons++] = reason;
-    if (s->conn == c)
+    if (s->conn == c) {
         s->conn = NULL;
+        fl_free(s->spki);
+        s->spki = NULL;
+    }
 }
 
 static void cb_writable(fl_net_conn_t *c)
@@ -679,6 +687,20 @@ START_TEST(test_mutual_tls)
     ck_assert_int_eq(ss.fp_rc, 0);
     ck_assert_mem_eq(ss.fp, want, FL_NET_FP_LEN);
     ck_assert_int_eq(ok.bad, 0);
+    /* The key itself, as the openssl CLI sees it. */
+    uint8_t *der = NULL;
+    size_t der_len = 0;
+    ck_assert_int_eq(fl_test_system("cd '%s' && openssl x509 -in client.pem "
+                                    "-pubkey -noout | openssl pkey -pubin "
+                                    "-outform DER > client.spki",
+                                    g_dir),
+                     0);
+    ck_assert_int_eq(fl_file_read_all(path_in(path, sizeof path, "client.spki"),
+                                      4096, &der, &der_len),
+                     0);
+    ck_assert_uint_eq(ss.spki_len, der_len);
+    ck_assert_mem_eq(ss.spki, der, der_len);
+    fl_free(der);
 
     start_client(&e, &none, port, ct_none, NULL, "localhost");
     RUN_UNTIL(&e, none.closed == 1 && ss.closed == 1, 5000);
