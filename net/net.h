@@ -15,6 +15,22 @@
  *            fl_net_reconnect_new() for a session that comes back with
  *            exponential backoff and full jitter after every loss.
  *
+ * A server, in short:
+ *
+ *   fl_net_server_opts_t o;
+ *   fl_net_server_opts_init(&o);
+ *   o.host = "::"; o.port = 7443;
+ *   o.tls = tls;                     (fl_net_tls_server_new; NULL = TCP)
+ *   o.limits.max_frame = 16u << 20; o.limits.idle_ms = 120000;
+ *   o.cb.on_open = on_open;          (fl_net_conn_set_data(c, device);
+ *                                     fl_net_conn_set_deadline(c, ms))
+ *   o.cb.on_frame = on_frame;        (decode the Envelope in payload)
+ *   o.cb.on_close = on_close;        (forget the device; log the reason)
+ *   fl_net_server_new(loop, &o, &srv);
+ *   ... fl_net_send(c, p, n) == FL_NET_BACKPRESSURE: pause that producer
+ *       until on_writable;
+ *   fl_net_server_free(srv); then run the loop until it is empty.
+ *
  * Frames. The payload handed to on_frame is one encoded Envelope; the
  * caller decodes it. Its length is checked against limits.max_frame before
  * any memory is reserved for it; a larger declared length closes that peer
@@ -108,7 +124,7 @@ int fl_net_cert_fingerprint(const char *pem_file, fl_net_fp_kind_t kind,
 
 /* ---- per-connection limits and callbacks -------------------------------- */
 typedef struct {
-    size_t max_frame;      /* largest payload accepted from the peer */
+    size_t max_frame;      /* largest payload, received or sent */
     size_t wq_high;        /* queued bytes above which send says BACKPRESSURE */
     size_t wq_max;         /* hard cap on queued bytes; passing it closes the
                               connection with FL_EAGAIN (a frame is always
@@ -249,8 +265,9 @@ typedef struct {
 
 void fl_net_connect_opts_init(fl_net_connect_opts_t *o);
 /* Starts connecting; *out (optional) receives the connection, which
- * reports on_open or on_close later (a refused connect is on_close with
- * FL_EIO). Returns FL_EINVAL/FL_ENOMEM without creating anything. */
+ * reports on_open or on_close later (a refused connect or a failed lookup
+ * is on_close with FL_EIO). Only the first resolved address is tried.
+ * Returns FL_EINVAL, FL_ENOMEM or FL_ECRYPTO without any callback. */
 int fl_net_connect(uv_loop_t *loop, const fl_net_connect_opts_t *o,
                    fl_net_conn_t **out);
 
@@ -292,7 +309,9 @@ int fl_net_reconnect_new(uv_loop_t *loop, const fl_net_reconnect_opts_t *o,
 fl_net_conn_t *fl_net_reconnect_conn(const fl_net_reconnect_t *r);
 void *fl_net_reconnect_data(const fl_net_reconnect_t *r); /* conn.data */
 /* Stops retrying and closes the session (FL_ECLOSED); memory goes when
- * the handles have closed. NULL is a no-op. */
+ * the handles have closed. May be called from any of its callbacks (e.g.
+ * on_retry after FL_EDENIED, which retrying will not cure). NULL is a
+ * no-op. */
 void fl_net_reconnect_free(fl_net_reconnect_t *r);
 
 #endif /* FL_NET_H */
