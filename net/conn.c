@@ -192,6 +192,12 @@ int fl_net_conn_set_deadline(fl_net_conn_t *c, uint64_t ms)
 
 /* ---- reading ---- */
 
+/* A reset is the peer going away, like an end of stream. */
+static int sock_err_reason(int uverr)
+{
+    return (uverr == UV_ECONNRESET || uverr == UV_EPIPE) ? FL_ECLOSED : FL_EIO;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     fl_net_conn_t *c = h->data;
@@ -219,7 +225,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         fl_net__conn_close(
             c, fl_frame_decoder_finish(&c->dec) < 0 ? FL_ETRUNC : FL_ECLOSED);
     } else if (n < 0) {
-        fl_net__conn_close(c, FL_EIO);
+        fl_net__conn_close(c, sock_err_reason((int)n));
     }
 }
 
@@ -302,7 +308,7 @@ static void on_write(uv_write_t *req, int status)
     if (status == UV_ECANCELED || c->state == NET_CLOSED)
         return;
     if (status < 0) {
-        fl_net__conn_close(c, FL_EIO);
+        fl_net__conn_close(c, sock_err_reason(status));
         return;
     }
     if (c->above_high && fl_net_conn_queued(c) <= c->lim.wq_high / 2) {

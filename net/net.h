@@ -38,8 +38,9 @@
  *
  * Close reasons (the `reason` of on_close), all negative FL_E* codes, or 0
  * after a graceful fl_net_conn_close(c, 0):
- *   FL_ECLOSED   the peer closed the stream (or the server/reconnect was
- *                freed); FL_ETRUNC when it did so in the middle of a frame
+ *   FL_ECLOSED   the peer closed or reset the stream, or the server or
+ *                reconnecting client it belongs to was freed; FL_ETRUNC
+ *                when the peer closed in the middle of a frame
  *   FL_ETOOBIG   the peer declared a frame longer than limits.max_frame
  *   FL_EFORMAT   the peer sent a zero-length frame
  *   FL_ETIMEOUT  handshake, idle or phase deadline passed

@@ -153,6 +153,8 @@ typedef struct {
     int nreasons;
     int last_reject;
     int echo;          /* send every frame back */
+    int close_after;   /* close with FL_EPROTO after this many frames */
+    int bye_on_open;   /* send send_n frames, then close gracefully */
     int small;         /* frames of at most 308 bytes */
     unsigned send_n;   /* frames to send on open */
     uint64_t expect;   /* next sequence number */
@@ -239,6 +241,8 @@ static void cb_open(fl_net_conn_t *c)
     if (s->phase_ms)
         ck_assert_int_eq(fl_net_conn_set_deadline(c, s->phase_ms), 0);
     send_frames(c, s->send_n, s->small);
+    if (s->bye_on_open)
+        fl_net_conn_close(c, 0);
 }
 
 static void cb_frame(fl_net_conn_t *c, const uint8_t *p, size_t n)
@@ -246,6 +250,11 @@ static void cb_frame(fl_net_conn_t *c, const uint8_t *p, size_t n)
     side_t *s = side_of(c);
     s->frames++;
     check_frame(s, p, n);
+    if (s->close_after && s->frames == s->close_after) {
+        fl_net_conn_close(c, FL_EPROTO);
+        ck_assert_int_eq(fl_net_send(c, p, n), FL_ECLOSED);
+        return;
+    }
     if (s->echo) {
         int rc = fl_net_send(c, p, n);
         ck_assert(rc == 0 || rc == FL_NET_BACKPRESSURE);
@@ -1041,6 +1050,40 @@ START_TEST(test_backpressure_tls)
 }
 END_TEST
 
+/* Closing from inside callbacks: a frame that breaks the protocol ends the
+ * connection at once, even with more frames in the same read; a graceful
+ * close right after sending still delivers everything. */
+START_TEST(test_close_from_callbacks)
+{
+    env_t e;
+    side_t ss = {.close_after = 3}, cs = {.send_n = 40, .small = 1};
+    env_init(&e);
+    fl_net_tls_t *st = server_tls(0), *ct = client_tls(NULL, NULL, 1);
+    fl_net_server_t *srv = start_server(&e, &ss, st, NULL);
+    int port = fl_net_server_port(srv);
+    start_client(&e, &cs, port, ct, NULL, "localhost");
+    RUN_UNTIL(&e, ss.closed == 1 && cs.closed == 1, 5000);
+    ck_assert_int_eq(ss.frames, 3);
+    ck_assert_int_eq(ss.reasons[0], FL_EPROTO);
+    ck_assert_int_eq(cs.reasons[0], FL_ECLOSED);
+    fl_net_server_free(srv);
+
+    /* The server says goodbye with 3 MiB frames queued behind it. */
+    side_t s2 = {.send_n = 8, .bye_on_open = 1}, c2 = {0};
+    srv = start_server(&e, &s2, st, NULL);
+    start_client(&e, &c2, fl_net_server_port(srv), ct, NULL, "localhost");
+    RUN_UNTIL(&e, s2.closed == 1 && c2.closed == 1, 10000);
+    ck_assert_int_eq(c2.frames, 8);
+    ck_assert_int_eq(c2.bad, 0);
+    ck_assert_int_eq(s2.reasons[0], 0);
+    ck_assert_int_eq(c2.reasons[0], FL_ECLOSED);
+    fl_net_server_free(srv);
+    fl_net_tls_free(st);
+    fl_net_tls_free(ct);
+    env_finish(&e);
+}
+END_TEST
+
 /* ---- backoff and reconnection ---- */
 
 START_TEST(test_backoff)
@@ -1175,6 +1218,54 @@ START_TEST(test_reconnect)
 }
 END_TEST
 
+static void cb_retry_stop(fl_net_reconnect_t *r, int last_reason,
+                          uint64_t delay)
+{
+    cb_retry_log(r, last_reason, delay);
+    rc_ctx_t *x = fl_net_reconnect_data(r);
+    if (x->log.retries == 3)
+        fl_net_reconnect_free(r);
+}
+
+/* A reconnecting client stopped from its own callback, and one freed in
+ * the middle of an attempt to a name being resolved. */
+START_TEST(test_reconnect_stop)
+{
+    env_t e;
+    side_t ss = {0};
+    rc_ctx_t x;
+    memset(&x, 0, sizeof x);
+    env_init(&e);
+    fl_net_server_t *srv = start_server(&e, &ss, NULL, NULL);
+    int port = fl_net_server_port(srv);
+    fl_net_server_free(srv);
+    run_for(&e, 10);
+
+    fl_net_reconnect_opts_t o;
+    fl_net_reconnect_opts_init(&o);
+    o.conn.host = "127.0.0.1";
+    o.conn.port = port;
+    o.conn.cb = k_cbs;
+    o.conn.data = &x;
+    o.base_ms = 1;
+    o.cap_ms = 5;
+    o.seed = 99;
+    o.on_retry = cb_retry_stop;
+    fl_net_reconnect_t *r = NULL;
+    ck_assert_int_eq(fl_net_reconnect_new(&e.loop, &o, &r), 0);
+    RUN_UNTIL(&e, x.log.retries == 3, 5000);
+    run_for(&e, 50);
+    ck_assert_int_eq(x.log.retries, 3);
+    ck_assert_int_eq(x.side.closed, 3);
+
+    o.conn.host = "localhost";
+    o.on_retry = cb_retry_log;
+    ck_assert_int_eq(fl_net_reconnect_new(&e.loop, &o, &r), 0);
+    fl_net_reconnect_free(r);
+    env_finish(&e);
+}
+END_TEST
+
 /* ---- API contracts ---- */
 
 START_TEST(test_api_errors)
@@ -1263,7 +1354,9 @@ Suite *check_net_suite(void)
     tcase_add_test(tc, test_client_handshake_deadline);
     tcase_add_test(tc, test_backpressure_tcp);
     tcase_add_test(tc, test_backpressure_tls);
+    tcase_add_test(tc, test_close_from_callbacks);
     tcase_add_test(tc, test_reconnect);
+    tcase_add_test(tc, test_reconnect_stop);
     tcase_add_test(tc, test_api_errors);
     suite_add_tcase(s, tc);
     TCase *tb = tcase_create("backoff");
