@@ -1068,7 +1068,7 @@ START_TEST(test_close_from_callbacks)
     ck_assert_int_eq(cs.reasons[0], FL_ECLOSED);
     fl_net_server_free(srv);
 
-    /* The server says goodbye with 3 MiB frames queued behind it. */
+    /* The server says goodbye with a 3 MiB frame still queued. */
     side_t s2 = {.send_n = 8, .bye_on_open = 1}, c2 = {0};
     srv = start_server(&e, &s2, st, NULL);
     start_client(&e, &c2, fl_net_server_port(srv), ct, NULL, "localhost");
