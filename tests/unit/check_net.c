@@ -1266,6 +1266,79 @@ START_TEST(test_reconnect_stop)
 }
 END_TEST
 
+/* A crowd: sixty reconnecting TLS clients at once against a server that
+ * lets eight handshakes run at a time. The excess is closed at accept,
+ * backs off with jitter, and every client gets in and round-trips. */
+enum { CROWD = 60 };
+
+START_TEST(test_crowd_with_handshake_limit)
+{
+    env_t e;
+    side_t ss = {.echo = 1};
+    env_init(&e);
+    fl_net_tls_t *st = server_tls(0), *ct = client_tls(NULL, NULL, 1);
+    fl_net_server_opts_t so;
+    fl_net_server_opts_init(&so);
+    so.max_handshakes = 8;
+    so.backlog = 256;
+    fl_net_server_t *srv = start_server(&e, &ss, st, &so);
+    rc_ctx_t *x = fl_calloc(CROWD, sizeof *x);
+    fl_net_reconnect_t *r[CROWD];
+    ck_assert_ptr_nonnull(x);
+    for (int i = 0; i < CROWD; i++) {
+        fl_net_reconnect_opts_t o;
+        fl_net_reconnect_opts_init(&o);
+        o.conn.host = "127.0.0.1";
+        o.conn.port = fl_net_server_port(srv);
+        o.conn.server_name = "localhost";
+        o.conn.tls = ct;
+        o.conn.cb = k_cbs;
+        o.conn.data = &x[i];
+        o.base_ms = 5;
+        o.cap_ms = 200;
+        o.seed = 1000 + (uint64_t)i;
+        o.on_retry = cb_retry_log;
+        x[i].side.send_n = 3;
+        x[i].side.small = 1;
+        ck_assert_int_eq(fl_net_reconnect_new(&e.loop, &o, &r[i]), 0);
+    }
+    ss.small = 1;
+    int done = 0;
+    uint64_t end = fl_time_mono_ns() + 30000000000u;
+    while (done < CROWD && fl_time_mono_ns() < end) {
+        uv_run(&e.loop, UV_RUN_ONCE);
+        done = 0;
+        for (int i = 0; i < CROWD; i++)
+            done += x[i].side.frames == 3;
+    }
+    ck_assert_int_eq(done, CROWD);
+    fl_net_server_stats_t sst;
+    fl_net_server_stats(srv, &sst);
+    ck_assert_uint_eq(sst.accepted - sst.closed, CROWD);
+    ck_assert_uint_gt(sst.rejected, 0); /* the limit did bite */
+    int retries = 0;
+    for (int i = 0; i < CROWD; i++)
+        retries += x[i].log.retries;
+    ck_assert_int_ge(retries, (int)sst.rejected);
+    ck_assert_uint_eq(sst.io.frames_in, 3 * CROWD);
+    for (int i = 0; i < CROWD; i++) {
+        ck_assert_int_eq(x[i].side.bad, 0);
+        ck_assert_int_eq(x[i].side.opened, 1);
+    }
+    /* The server checks each connection's own order: sequence numbers
+     * restart per client, so count, not order, is what it can assert. */
+    ck_assert_int_eq(ss.frames, 3 * CROWD);
+    for (int i = 0; i < CROWD; i++)
+        fl_net_reconnect_free(r[i]);
+    RUN_UNTIL(&e, fl_net_server_nconns(srv) == 0, 10000);
+    fl_net_server_free(srv);
+    fl_net_tls_free(st);
+    fl_net_tls_free(ct);
+    env_finish(&e);
+    fl_free(x);
+}
+END_TEST
+
 /* ---- API contracts ---- */
 
 START_TEST(test_api_errors)
@@ -1357,6 +1430,7 @@ Suite *check_net_suite(void)
     tcase_add_test(tc, test_close_from_callbacks);
     tcase_add_test(tc, test_reconnect);
     tcase_add_test(tc, test_reconnect_stop);
+    tcase_add_test(tc, test_crowd_with_handshake_limit);
     tcase_add_test(tc, test_api_errors);
     suite_add_tcase(s, tc);
     TCase *tb = tcase_create("backoff");
