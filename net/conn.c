@@ -190,6 +190,20 @@ int fl_net_conn_set_deadline(fl_net_conn_t *c, uint64_t ms)
     return 0;
 }
 
+int fl_net_conn_set_idle(fl_net_conn_t *c, uint64_t idle_ms)
+{
+    if (c->state >= NET_DRAINING)
+        return FL_ECLOSED;
+    c->lim.idle_ms = idle_ms;
+    if (c->state != NET_OPEN)
+        return 0; /* the handshake deadline runs; idle starts at open */
+    if (idle_ms)
+        uv_timer_start(&c->timer, on_timer, idle_ms, 0);
+    else
+        uv_timer_stop(&c->timer);
+    return 0;
+}
+
 /* ---- reading ---- */
 
 /* A reset is the peer going away, like an end of stream. */
@@ -290,6 +304,20 @@ int fl_net__conn_deliver(fl_net_conn_t *c, const uint8_t *p, size_t n)
             fl_buf_free(&c->dec.payload);
     }
     return c->state == NET_OPEN ? 0 : FL_ECLOSED;
+}
+
+int fl_net_conn_set_max_frame(fl_net_conn_t *c, size_t max_frame)
+{
+    if (max_frame == 0 || max_frame > UINT32_MAX)
+        return FL_EINVAL;
+    if (c->state >= NET_DRAINING)
+        return FL_ECLOSED;
+    c->lim.max_frame = max_frame;
+    /* The decoder checks the next declared length against max_len, and
+     * its buffer never grows past payload.max. */
+    c->dec.max_len = max_frame;
+    c->dec.payload.max = max_frame;
+    return 0;
 }
 
 /* ---- writing ---- */

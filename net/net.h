@@ -191,6 +191,14 @@ void fl_net_conn_close(fl_net_conn_t *c, int reason);
  * FL_ETIMEOUT. FL_ECLOSED when closing. */
 int fl_net_conn_set_deadline(fl_net_conn_t *c, uint64_t ms);
 
+/* Per-connection limits, changed after the connection exists: e.g. a
+ * small max_frame until the peer has authenticated, a larger one after;
+ * an idle deadline that fits the phase (0 = none). A lower max_frame
+ * applies from the frame being read. FL_EINVAL for max_frame 0 or above
+ * UINT32_MAX, FL_ECLOSED when closing. */
+int fl_net_conn_set_max_frame(fl_net_conn_t *c, size_t max_frame);
+int fl_net_conn_set_idle(fl_net_conn_t *c, uint64_t idle_ms);
+
 void fl_net_conn_set_data(fl_net_conn_t *c, void *data); /* borrowed */
 void *fl_net_conn_data(const fl_net_conn_t *c);
 /* The server that accepted c, or NULL for a client connection. */

@@ -542,8 +542,10 @@ START_TEST(test_oversize_closes_only_that_peer)
     fl_net_server_t *srv = start_server(&e, &ss, st, &so);
     int port = fl_net_server_port(srv);
     fl_net_conn_t *g = start_client(&e, &good, port, ct, NULL, "localhost");
+    RUN_UNTIL(&e, good.opened && ss.opened == 1, 5000);
+    fl_net_conn_t *gs = ss.conn; /* the server's side of the good peer */
     fl_net_conn_t *b = start_client(&e, &bad, port, ct, NULL, "localhost");
-    RUN_UNTIL(&e, good.opened && bad.opened && ss.opened == 2, 5000);
+    RUN_UNTIL(&e, bad.opened && ss.opened == 2, 5000);
 
     uint8_t small[100], big[5000];
     fl_test_fill(small, sizeof small, 1);
@@ -560,11 +562,16 @@ START_TEST(test_oversize_closes_only_that_peer)
     RUN_UNTIL(&e, good.frames == 11, 5000);
     ck_assert_int_eq(good.closed, 0);
 
-    fl_net_conn_close(g, FL_EABORTED);
-    RUN_UNTIL(&e, good.closed == 1, 5000);
-    ck_assert_int_eq(good.reasons[0], FL_EABORTED);
+    /* A limit per connection: the good peer may now send 50 bytes, so its
+     * next 100-byte frame closes it too. */
+    ck_assert_int_eq(fl_net_conn_set_max_frame(gs, 0), FL_EINVAL);
+    ck_assert_int_eq(fl_net_conn_set_max_frame(gs, 50), 0);
+    ck_assert_int_eq(fl_net_send(gs, small, sizeof small), FL_ETOOBIG);
+    ck_assert_int_eq(fl_net_send(g, small, sizeof small), 0);
+    RUN_UNTIL(&e, ss.closed == 2 && good.closed == 1, 5000);
+    ck_assert_int_eq(ss.reasons[1], FL_ETOOBIG);
+    ck_assert_int_eq(good.frames, 11);
     fl_net_server_free(srv);
-    RUN_UNTIL(&e, ss.closed == 2, 5000);
     fl_net_tls_free(st);
     fl_net_tls_free(ct);
     env_finish(&e);
@@ -821,7 +828,21 @@ START_TEST(test_idle_deadline)
     RUN_UNTIL(&e, ss.closed == 2 && cs.closed == 1, 5000);
     ck_assert_int_eq(ss.reasons[1], FL_ETIMEOUT);
     ck_assert_int_eq(ss.frames, 32);
+
+    /* Per connection: no idle deadline for this one, a short one for
+     * that one. */
+    side_t c2 = {0}, c3 = {0};
+    start_client(&e, &c2, fl_net_server_port(srv), NULL, NULL, NULL);
+    RUN_UNTIL(&e, ss.opened == 3, 5000);
+    ck_assert_int_eq(fl_net_conn_set_idle(ss.conn, 0), 0);
+    start_client(&e, &c3, fl_net_server_port(srv), NULL, NULL, NULL);
+    RUN_UNTIL(&e, ss.opened == 4, 5000);
+    ck_assert_int_eq(fl_net_conn_set_idle(ss.conn, 50), 0);
+    RUN_UNTIL(&e, c3.closed == 1, 5000);
+    run_for(&e, 600);
+    ck_assert_int_eq(c2.closed, 0);
     fl_net_server_free(srv);
+    RUN_UNTIL(&e, c2.closed == 1, 5000);
     env_finish(&e);
 }
 END_TEST
