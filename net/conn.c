@@ -235,11 +235,11 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         int rc = c->tp->input(c, (const uint8_t *)buf->base, (size_t)n);
         if (rc < 0 && c->state < NET_DRAINING)
             fl_net__conn_close(c, rc);
-    } else if (n == UV_EOF) {
-        fl_net__conn_close(
-            c, fl_frame_decoder_finish(&c->dec) < 0 ? FL_ETRUNC : FL_ECLOSED);
     } else if (n < 0) {
-        fl_net__conn_close(c, sock_err_reason((int)n));
+        int reason = n == UV_EOF ? FL_ECLOSED : sock_err_reason((int)n);
+        if (reason == FL_ECLOSED && fl_frame_decoder_finish(&c->dec) < 0)
+            reason = FL_ETRUNC;
+        fl_net__conn_close(c, reason);
     }
 }
 

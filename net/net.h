@@ -40,7 +40,7 @@
  * after a graceful fl_net_conn_close(c, 0):
  *   FL_ECLOSED   the peer closed or reset the stream, or the server or
  *                reconnecting client it belongs to was freed; FL_ETRUNC
- *                when the peer closed in the middle of a frame
+ *                when the peer left in the middle of a frame
  *   FL_ETOOBIG   the peer declared a frame longer than limits.max_frame
  *   FL_EFORMAT   the peer sent a zero-length frame
  *   FL_ETIMEOUT  handshake, idle or phase deadline passed
