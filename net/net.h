@@ -222,8 +222,9 @@ typedef struct {
     fl_net_tls_t *tls; /* borrowed (a reference is kept); NULL = plain TCP */
     fl_net_limits_t limits;
     unsigned max_conns;      /* open connections; excess sockets are closed
-                                at once (default 1024) */
-    unsigned max_handshakes; /* TLS handshakes in progress (default 64) */
+                                at once (default 1024; 0 = no limit) */
+    unsigned max_handshakes; /* TLS handshakes in progress (default 64;
+                                0 = no limit) */
     int backlog;             /* listen(2) backlog (default 128) */
     fl_net_callbacks_t cb;   /* for every accepted connection */
     /* Optional: a socket was closed at accept (FL_EAGAIN: a limit; or the
