@@ -1338,7 +1338,10 @@ typedef struct {
     uint32_t id, n;
     uint64_t round, d, m;
     unsigned ring_bits;
-    uint32_t *ring; /* what it sent (before masking) */
+    uint32_t *ring;   /* what it sent (before masking) */
+    uint8_t *payload; /* secagg off: what it sent */
+    size_t payload_len;
+    int plain; /* the round runs without secure aggregation */
     int hello_ok, got_result, success, closed, dropped, sent_input;
     int fetch; /* download the model after the hello */
     uint64_t result_round, result_version, result_survivors;
@@ -1388,9 +1391,11 @@ static void ic_round_reset(iclient_t *c)
     fl_secagg_client_free(c->sa);
     fl_compress_free(c->codec);
     fl_free(c->ring);
+    fl_free(c->payload);
     c->sa = NULL;
     c->codec = NULL;
     c->ring = NULL;
+    c->payload = NULL;
 }
 
 static void ic_on_invite(iclient_t *c, Flotilla__RoundConfig *rc)
@@ -1407,7 +1412,9 @@ static void ic_on_invite(iclient_t *c, Flotilla__RoundConfig *rc)
     cc.range_factor = rc->codec->range_factor;
     cc.scale = rc->codec->scale;
     cc.quant_seed = rc->codec->quant_seed;
-    cc.secagg = 1;
+    c->plain = !rc->secagg->enabled;
+    ck_assert_int_eq(rc->codec->secure_aggregation, !c->plain);
+    cc.secagg = !c->plain;
     cc.ring_bits = rc->codec->ring_bits;
     cc.max_summands = rc->codec->max_summands;
     ck_assert_uint_eq(rc->codec->max_summands, rc->secagg->n_participants);
@@ -1418,6 +1425,45 @@ static void ic_on_invite(iclient_t *c, Flotilla__RoundConfig *rc)
     c->ring_bits = rc->codec->ring_bits;
     ck_assert_int_eq(fl_compress_new(&c->codec, &cc, c->d), 0);
     c->m = fl_compress_value_count(c->codec);
+    if (c->plain) { /* accept, then send the codec payload at once */
+        Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
+        Flotilla__RoundAccept a = FLOTILLA__ROUND_ACCEPT__INIT;
+        a.round = rc->round;
+        a.accept = 1;
+        e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT;
+        e.round_accept = &a;
+        ic_send(c, &e);
+        if (c->n == IC_N && c->id == 2) {
+            c->dropped = 1;
+            fl_net_conn_close(c->conn, FL_ECLOSED);
+            return;
+        }
+        uint64_t cap = 0;
+        ck_assert_int_eq(fl_compress_wire_bytes(&cc, c->d, &cap, NULL), 0);
+        c->payload = fl_malloc(cap);
+        float *x = fl_malloc(c->d * sizeof(float));
+        ic_delta(x, c->d, c->idx);
+        fl_rng_t rng;
+        fl_rng_seed(&rng, 1000 + (uint64_t)c->idx);
+        ck_assert_int_eq(fl_compress_encode_payload(c->codec, c->payload, cap,
+                                                    &c->payload_len, x, NULL,
+                                                    &rng, NULL),
+                         0);
+        fl_free(x);
+        Flotilla__Envelope e3 = FLOTILLA__ENVELOPE__INIT;
+        Flotilla__MaskedInputResponse mi =
+            FLOTILLA__MASKED_INPUT_RESPONSE__INIT;
+        mi.round = rc->round;
+        mi.client_id = c->id;
+        mi.num_values = c->m;
+        mi.packed.data = c->payload;
+        mi.packed.len = c->payload_len;
+        e3.body_case = FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_RESPONSE;
+        e3.masked_input_response = &mi;
+        ic_send(c, &e3);
+        c->sent_input = 1;
+        return;
+    }
     fl_secagg_round_t round;
     memset(&round, 0, sizeof round);
     round.round = rc->round;
@@ -1579,6 +1625,7 @@ static void ic_on_open(fl_net_conn_t *conn)
 
 START_TEST(test_integration_tls_round)
 {
+    const int plain = _i; /* 0: secure aggregation; 1: without */
     fixture_t fx;
     fake_t keys[IC_N];
     char err[512] = "", path[600], cmd[1024], certs[300], key[400];
@@ -1637,6 +1684,7 @@ START_TEST(test_integration_tls_round)
     for (size_t i = 0; i < FL_ARRAY_LEN(kv); i++)
         ck_assert_int_eq(
             fl_cfg_set(t, &fx.cfg, kv[i][0], kv[i][1], err, sizeof err), 0);
+    fl_cfg_set(t, &fx.cfg, "secagg", plain ? "false" : "true", err, sizeof err);
     snprintf(cmd, sizeof cmd, "%s/server.crt", certs);
     fl_cfg_set(t, &fx.cfg, "tls-cert", cmd, err, sizeof err);
     snprintf(cmd, sizeof cmd, "%s/server.key", certs);
@@ -1675,8 +1723,9 @@ START_TEST(test_integration_tls_round)
     RUN_UNTIL(&fx, fx.s->stopping && ic[0].closed && ic[1].closed &&
                        ic[2].closed && ic[3].closed);
 
-    int survivors = 0;
-    uint32_t *sum = fl_calloc(ic[0].m, sizeof(uint32_t));
+    int survivors = 0, i0 = ic[0].dropped ? 1 : 0;
+    uint32_t *sum = fl_calloc(ic[i0].m, sizeof(uint32_t));
+    float *acc = fl_calloc(fl_compress_space_dim(ic[i0].codec), sizeof(float));
     for (int i = 0; i < IC_N; i++) {
         ck_assert(ic[i].hello_ok);
         if (ic[i].dropped) {
@@ -1686,7 +1735,14 @@ START_TEST(test_integration_tls_round)
         ck_assert_msg(ic[i].got_result && ic[i].success, "client %d", i);
         ck_assert_uint_eq(ic[i].result_version, 2);
         ck_assert_uint_eq(ic[i].result_survivors, 3);
-        fl_compress_ring_add(sum, ic[i].ring, ic[i].m, ic[i].ring_bits);
+        ck_assert_int_eq(ic[i].plain, plain);
+        if (plain)
+            ck_assert_int_eq(fl_compress_accumulate_payload(ic[i0].codec, acc,
+                                                            ic[i].payload,
+                                                            ic[i].payload_len),
+                             0);
+        else
+            fl_compress_ring_add(sum, ic[i].ring, ic[i].m, ic[i].ring_bits);
         survivors++;
     }
     ck_assert_int_eq(survivors, 3);
@@ -1705,7 +1761,12 @@ START_TEST(test_integration_tls_round)
     ck_assert_uint_eq(st->round, 1);
     ck_assert_uint_eq(st->model_version, 2);
     float *g = fl_calloc(d, sizeof(float));
-    ck_assert_int_eq(fl_compress_decode_ring_sum(ic[0].codec, g, sum, 1.0), 0);
+    if (plain)
+        ck_assert_int_eq(fl_compress_finish(ic[i0].codec, g, acc, 1.0), 0);
+    else
+        ck_assert_int_eq(fl_compress_decode_ring_sum(ic[i0].codec, g, sum, 1.0),
+                         0);
+    fl_free(acc);
     uint8_t in[16], seed[32];
     for (int i = 0; i < 8; i++) {
         in[i] = (uint8_t)((uint64_t)IC_SEED >> (8 * i));
@@ -1713,7 +1774,7 @@ START_TEST(test_integration_tls_round)
     }
     crypto_generichash(seed, sizeof seed, in, sizeof in, NULL, 0);
     fl_dp_noise_t *nz = fl_dp_noise_new(seed);
-    double sens = fl_compress_sensitivity(fl_compress_config(ic[0].codec), d);
+    double sens = fl_compress_sensitivity(fl_compress_config(ic[i0].codec), d);
     ck_assert_int_eq(fl_dp_noised_mean(nz, g, g, d, IC_NOISE_Z * sens, 4.0), 0);
     fl_dp_noise_free(nz);
     snprintf(path, sizeof path, "%s/%s/model.bin", fx.dir, st->model_dir);
@@ -2106,7 +2167,7 @@ Suite *check_server_suite(void)
 #ifdef HAVE_ENGINES
     TCase *ic_ = tcase_create("integration");
     tcase_set_timeout(ic_, 80);
-    tcase_add_test(ic_, test_integration_tls_round);
+    tcase_add_loop_test(ic_, test_integration_tls_round, 0, 2);
     tcase_add_test(ic_, test_crash_sigkill_resume);
     tcase_add_test(ic_, test_process_tls_faults);
     suite_add_tcase(s, ic_);
