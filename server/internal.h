@@ -207,6 +207,8 @@ void fl_server_round_peer_gone(fl_server_round_t *r, fl_server_peer_t *p);
  * Returns 1 while a thread-pool job is still running (the round then calls
  * fl_server_stop_continue when it is done), 0 when idle. */
 int fl_server_round_shutdown(fl_server_round_t *r);
+/* Arms the round timer: the orchestrator ticks in ms (not when stopping). */
+void fl_server_schedule_round(fl_server_t *s, uint64_t ms);
 /* Called by the round once a shutdown may proceed. */
 void fl_server_stop_continue(fl_server_t *s);
 

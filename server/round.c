@@ -132,9 +132,7 @@ static void arm_deadline(fl_server_round_t *r, uint64_t ms)
 
 static void schedule_next(fl_server_round_t *r, uint64_t ms)
 {
-    fl_server_t *s = r->s;
-    if (!s->stopping && s->started)
-        uv_timer_start(&s->round_timer, s->round_timer.timer_cb, ms, 0);
+    fl_server_schedule_round(r->s, ms);
 }
 
 static uint32_t alive(const fl_server_round_t *r)

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MANIFEST_MAX (1u << 20)
+#define MANIFEST_MAX (64u << 10) /* docs/PROTOCOL.md §4 */
 
 static int send_error(fl_server_peer_t *p, int code, const char *msg)
 {

@@ -154,6 +154,12 @@ static void on_round_timer(uv_timer_t *t)
         fl_server_round_tick(s->round);
 }
 
+void fl_server_schedule_round(fl_server_t *s, uint64_t ms)
+{
+    if (!s->stopping && s->started)
+        uv_timer_start(&s->round_timer, on_round_timer, ms, 0);
+}
+
 int fl_server_start(fl_server_t *s, char *err, size_t errlen)
 {
     int rc = 0;
