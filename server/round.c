@@ -399,7 +399,16 @@ void fl_server_round_tick(fl_server_round_t *r)
     if (!r->parts || !ids)
         goto retry;
     r->n = n;
-    r->round = s->state.round + 1;
+    r->round = FL_MAX(s->state.round, s->state.round_started) + 1;
+    /* Recorded before anything goes out: a round number is never reused,
+     * not even after a crash. */
+    s->state.round_started = r->round;
+    int src = fl_server_state_save(c->state_dir, &s->state);
+    if (src < 0) {
+        FL_ERROR("saving the state before round %llu: %s",
+                 (unsigned long long)r->round, fl_strerror(src));
+        goto retry;
+    }
     r->threshold = (uint32_t)c->min_clients;
     randombytes_buf(r->nonce, sizeof r->nonce);
     for (uint32_t i = 0; i < n; i++) {

@@ -219,7 +219,9 @@ void fl_server_hello_message(uint8_t out[FL_SERVER_HELLO_MSG_LEN],
 #define FL_SERVER_STATE_MAX  (64u << 20)
 
 typedef struct {
-    uint64_t round;            /* last completed round; 0 = none yet */
+    uint64_t round;            /* last finished round; 0 = none yet */
+    uint64_t round_started;    /* last round number handed out, so that a
+                                  crash never makes one be reused */
     uint64_t rounds_completed; /* counters survive restarts */
     uint64_t rounds_aborted;
     uint64_t model_version; /* 0 = no model published yet */

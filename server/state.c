@@ -112,6 +112,8 @@ static int state_json(const fl_server_state_t *st, const char *optim,
     if (!acc)
         goto out;
     if (json_object_set_new(o, "round", json_integer((json_int_t)st->round)) ||
+        json_object_set_new(o, "round_started",
+                            json_integer((json_int_t)st->round_started)) ||
         json_object_set_new(o, "rounds_completed",
                             json_integer((json_int_t)st->rounds_completed)) ||
         json_object_set_new(o, "rounds_aborted",
@@ -212,6 +214,7 @@ static int decode_with(const uint8_t *in, size_t len, fl_server_state_t *st,
         get_u64(o, "rounds_completed", &s.rounds_completed) < 0 ||
         get_u64(o, "rounds_aborted", &s.rounds_aborted) < 0 ||
         get_u64(o, "model_version", &s.model_version) < 0 ||
+        get_u64(o, "round_started", &s.round_started) < 0 ||
         !json_is_string(md) || json_string_length(md) >= sizeof s.model_dir ||
         strstr(json_string_value(md), "..") || !json_is_number(eps) ||
         json_number_value(eps) < 0)

@@ -420,6 +420,7 @@ static void sample_state(fl_server_state_t *st)
 {
     fl_server_state_init(st);
     st->round = 41;
+    st->round_started = 42;
     st->rounds_completed = 39;
     st->rounds_aborted = 2;
     st->model_version = 40;
@@ -445,6 +446,7 @@ START_TEST(test_state_roundtrip)
     ck_assert_int_eq(fl_server_state_save(dir, &a), 0);
     ck_assert_int_eq(fl_server_state_load(dir, &b, err, sizeof err), 0);
     ck_assert_uint_eq(b.round, 41);
+    ck_assert_uint_eq(b.round_started, 42);
     ck_assert_uint_eq(b.rounds_completed, 39);
     ck_assert_uint_eq(b.rounds_aborted, 2);
     ck_assert_uint_eq(b.model_version, 40);
@@ -1968,13 +1970,15 @@ START_TEST(test_crash_sigkill_resume)
     fl_server_state_init(&st);
     ck_assert_int_eq(fl_server_state_load(fx.dir, &st, err, sizeof err), 0);
     ck_assert_uint_eq(st.round, 1);
+    ck_assert_uint_eq(st.round_started, 2);
     ck_assert_uint_eq(st.model_version, 2);
     snprintf(path, sizeof path, "%s/%s", fx.dir, st.model_dir);
     ck_assert_int_eq(
         fl_artifact_verify_dir(path, ic_sign_pk, NULL, err, sizeof err), 0);
     fl_server_state_clear(&st);
 
-    /* Restart: the devices come back and the next round is round 2. */
+    /* Restart: the devices come back; round 2 was handed out before the
+     * crash, so the next round is 3, computed from round 1's model. */
     pid = spawn_config(ini, log);
     wait_port(port);
     for (int i = 0; i < 3; i++)
@@ -1984,7 +1988,7 @@ START_TEST(test_crash_sigkill_resume)
                    ic[0].got_result && ic[1].got_result && ic[2].got_result);
     for (int i = 0; i < 3; i++) {
         ck_assert(ic[i].success);
-        ck_assert_uint_eq(ic[i].result_round, 2);
+        ck_assert_uint_eq(ic[i].result_round, 3);
         ck_assert_uint_eq(ic[i].result_version, 3);
     }
     ck_assert_int_eq(kill(pid, SIGTERM), 0);
@@ -1992,8 +1996,9 @@ START_TEST(test_crash_sigkill_resume)
     RUN_LOOP_UNTIL(&fx.loop, ic[0].closed && ic[1].closed && ic[2].closed);
     fl_server_state_init(&st);
     ck_assert_int_eq(fl_server_state_load(fx.dir, &st, err, sizeof err), 0);
-    ck_assert_uint_eq(st.round, 2);
+    ck_assert_uint_eq(st.round, 3);
     ck_assert_uint_eq(st.model_version, 3);
+    ck_assert_uint_eq(st.rounds_completed, 2);
     ck_assert(st.epsilon > 0);
     fl_server_state_clear(&st);
     for (int i = 0; i < 3; i++)
