@@ -1,9 +1,15 @@
 /* cli/bench_compress.c — flotilla bench compress: the update codecs on one
  * delta vector (heavy-tailed synthetic, or a raw float32 file), kernel by
- * kernel, with memcpy of the same bytes as the reference rate. */
+ * kernel, with memcpy of the same bytes as the reference rate.
+ *
+ * --make-deltas FILE produces such a file from real training: the tiny
+ * model is trained centrally on "public" fortunes topics (the global
+ * model), then fine-tuned locally on one other topic as a client would in
+ * a round; local - global is written as raw little-endian float32. */
 #include "cli/cli.h"
 #include "common/bitpack.h"
 #include "compress/compress.h"
+#include "model/model.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -17,6 +23,13 @@ typedef struct {
     double tail_dof;
     char *deltas;
     int json;
+    char *make_deltas;
+    char *data;
+    char *public_topics;
+    char *topic;
+    int64_t pretrain_steps;
+    int64_t local_steps;
+    double local_lr;
 } bench_opts_t;
 
 static const fl_cfg_opt_t opts[] = {
@@ -35,6 +48,23 @@ static const fl_cfg_opt_t opts[] = {
      NULL, "raw little-endian float32 file: measure this delta instead"},
     {"json", FL_CFG_BOOL, offsetof(bench_opts_t, json), "false", 1, 0, NULL,
      NULL, "print JSON"},
+    {"make-deltas", FL_CFG_STRING, offsetof(bench_opts_t, make_deltas), NULL, 1,
+     0, NULL, NULL,
+     "train the tiny model and write local - global to this file instead"},
+    {"data", FL_CFG_STRING, offsetof(bench_opts_t, data),
+     "/usr/share/games/fortunes", 1, 0, NULL, NULL,
+     "--make-deltas: directory of text files"},
+    {"public-topics", FL_CFG_STRING, offsetof(bench_opts_t, public_topics),
+     "fortunes,literature,people,wisdom,science", 1, 0, NULL, NULL,
+     "--make-deltas: files the global model is trained on"},
+    {"topic", FL_CFG_STRING, offsetof(bench_opts_t, topic), "computers", 1, 0,
+     NULL, NULL, "--make-deltas: the client's file"},
+    {"pretrain-steps", FL_CFG_INT, offsetof(bench_opts_t, pretrain_steps),
+     "300", 0, 1e6, NULL, NULL, "--make-deltas: steps of the global model"},
+    {"local-steps", FL_CFG_INT, offsetof(bench_opts_t, local_steps), "20", 1,
+     1e6, NULL, NULL, "--make-deltas: steps of the client's round"},
+    {"local-lr", FL_CFG_DOUBLE, offsetof(bench_opts_t, local_lr), "0.001", 0, 1,
+     NULL, NULL, "--make-deltas: the client's AdamW learning rate"},
 };
 static const fl_cfg_table_t table = {opts, FL_ARRAY_LEN(opts), "bench"};
 
@@ -332,6 +362,161 @@ out:
     return rc;
 }
 
+/* ---- --make-deltas ---------------------------------------------------------
+ * Byte-level tokens (id = 3 + byte, vocabulary 259, as model/tokenizer.h
+ * lays them out); batches of B random windows of T + 1 tokens. */
+typedef struct {
+    int32_t *ids;
+    size_t n;
+} stream_t;
+
+static int stream_add_file(stream_t *s, const char *dir, const char *name)
+{
+    char path[4096];
+    uint8_t *data = NULL;
+    size_t len;
+    int rc = fl_path_join(path, sizeof path, dir, name);
+    if (rc < 0)
+        return rc;
+    rc = fl_file_read_all(path, (size_t)64 << 20, &data, &len);
+    if (rc < 0)
+        return rc;
+    int32_t *ids = fl_realloc(s->ids, (s->n + len + 1) * sizeof *ids);
+    if (!ids) {
+        fl_free(data);
+        return FL_ENOMEM;
+    }
+    s->ids = ids;
+    s->ids[s->n++] = 1; /* BOS */
+    for (size_t i = 0; i < len; i++)
+        s->ids[s->n++] = 3 + data[i];
+    fl_free(data);
+    return 0;
+}
+
+static int train_steps(fl_model_t *m, const fl_model_optim_t *o,
+                       const stream_t *s, int64_t steps, fl_rng_t *rng,
+                       float *first_loss, float *last_loss)
+{
+    enum { B = 4, T = 64 };
+    int32_t tok[B * T], tgt[B * T];
+    if (s->n < T + 2)
+        return FL_EINVAL;
+    for (int64_t st = 0; st < steps; st++) {
+        for (int b = 0; b < B; b++) {
+            size_t at = (size_t)fl_rng_below(rng, s->n - T - 1);
+            memcpy(tok + b * T, s->ids + at, T * sizeof *tok);
+            memcpy(tgt + b * T, s->ids + at + 1, T * sizeof *tgt);
+        }
+        float loss;
+        int rc = fl_model_train_step(m, o, tok, tgt, B, T, &loss);
+        if (rc < 0)
+            return rc;
+        if (st == 0 && first_loss)
+            *first_loss = loss;
+        if (last_loss)
+            *last_loss = loss;
+    }
+    return 0;
+}
+
+static int make_deltas(const bench_opts_t *o)
+{
+    fl_model_config_t mc;
+    fl_model_optim_t opt;
+    fl_model_t *m = NULL;
+    stream_t pub = {NULL, 0}, loc = {NULL, 0};
+    float *global = NULL, *delta = NULL;
+    char *topics = NULL;
+    int rc;
+    fl_rng_t rng;
+    fl_rng_seed(&rng, (uint64_t)o->seed);
+
+    rc = FL_ENOMEM;
+    topics = fl_strdup(o->public_topics);
+    if (!topics)
+        goto out;
+    for (char *save = NULL, *t = strtok_r(topics, ",", &save); t;
+         t = strtok_r(NULL, ",", &save))
+        if ((rc = stream_add_file(&pub, o->data, t)) < 0)
+            goto out;
+    if ((rc = stream_add_file(&loc, o->data, o->topic)) < 0)
+        goto out;
+
+    fl_model_config_default(&mc);
+    mc.vocab_size = 259;
+    fl_model_set_threads(1);
+    if ((rc = fl_model_new(&mc, &m)) < 0)
+        goto out;
+    fl_model_init_weights(m, (uint64_t)o->seed);
+    fl_model_optim_default(&opt);
+    opt.lr = 2e-3f;
+    opt.min_lr = 2e-4f;
+    opt.warmup = 20;
+    opt.total = o->pretrain_steps;
+    float l0 = 0, l1 = 0, g0 = 0, g1 = 0;
+    if (o->pretrain_steps > 0 &&
+        (rc = train_steps(m, &opt, &pub, o->pretrain_steps, &rng, &g0, &g1)) <
+            0)
+        goto out;
+
+    size_t d = fl_model_num_params(m);
+    rc = FL_ENOMEM;
+    global = fl_malloc(d * sizeof *global);
+    delta = fl_malloc(d * sizeof *delta);
+    if (!global || !delta)
+        goto out;
+    memcpy(global, fl_model_params(m), d * sizeof *global);
+    /* The client's round: fresh optimizer state, constant learning rate. */
+    fl_model_optim_reset(m);
+    fl_model_optim_default(&opt);
+    opt.lr = (float)o->local_lr;
+    opt.min_lr = opt.lr;
+    if ((rc = train_steps(m, &opt, &loc, o->local_steps, &rng, &l0, &l1)) < 0)
+        goto out;
+    const float *p = fl_model_params(m);
+    uint8_t *bytes = (uint8_t *)global; /* reuse: global is done with */
+    for (size_t i = 0; i < d; i++) {
+        delta[i] = p[i] - global[i];
+        uint32_t u;
+        memcpy(&u, &delta[i], 4);
+        bytes[4 * i] = (uint8_t)u;
+        bytes[4 * i + 1] = (uint8_t)(u >> 8);
+        bytes[4 * i + 2] = (uint8_t)(u >> 16);
+        bytes[4 * i + 3] = (uint8_t)(u >> 24);
+    }
+    if ((rc = fl_file_write_atomic(o->make_deltas, bytes, 4 * d, 0644)) < 0)
+        goto out;
+    double n2 = fl_compress_l2_norm(delta, d), mx = 0;
+    for (size_t i = 0; i < d; i++)
+        mx = fmax(mx, fabs(delta[i]));
+    json_t *j = json_pack(
+        "{s:s, s:I, s:s, s:s, s:I, s:f, s:f, s:I, s:f, s:f, s:f, s:f, s:f}",
+        "deltas", o->make_deltas, "params", (json_int_t)d, "public_topics",
+        o->public_topics, "topic", o->topic, "pretrain_steps",
+        (json_int_t)o->pretrain_steps, "pretrain_loss_first", (double)g0,
+        "pretrain_loss_last", (double)g1, "local_steps",
+        (json_int_t)o->local_steps, "local_loss_first", (double)l0,
+        "local_loss_last", (double)l1, "delta_l2", n2, "delta_rms",
+        n2 / sqrt((double)d), "delta_max_abs", mx);
+    if (j) {
+        json_dumpf(j, stdout,
+                   JSON_INDENT(2) | JSON_PRESERVE_ORDER |
+                       JSON_REAL_PRECISION(6));
+        fputc('\n', stdout);
+        json_decref(j);
+    }
+    rc = 0;
+out:
+    fl_model_free(m);
+    fl_free(pub.ids);
+    fl_free(loc.ids);
+    fl_free(global);
+    fl_free(delta);
+    fl_free(topics);
+    return rc;
+}
+
 int fl_bench_compress(int argc, char **argv)
 {
     bench_opts_t o;
@@ -344,6 +529,14 @@ int fl_bench_compress(int argc, char **argv)
     if (prc >= 0) {
         fl_cfg_free(&table, &o);
         return prc;
+    }
+    if (o.make_deltas) {
+        int rc = make_deltas(&o);
+        if (rc < 0)
+            fl_cli_error("bench compress", "--make-deltas: %s",
+                         fl_strerror(rc));
+        fl_cfg_free(&table, &o);
+        return rc < 0 ? FL_EXIT_FAIL : FL_EXIT_OK;
     }
     size_t d = (size_t)o.params;
     if (o.deltas) {
