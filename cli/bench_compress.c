@@ -30,6 +30,7 @@ typedef struct {
     int64_t pretrain_steps;
     int64_t local_steps;
     double local_lr;
+    double range_factor;
 } bench_opts_t;
 
 static const fl_cfg_opt_t opts[] = {
@@ -48,6 +49,9 @@ static const fl_cfg_opt_t opts[] = {
      NULL, "raw little-endian float32 file: measure this delta instead"},
     {"json", FL_CFG_BOOL, offsetof(bench_opts_t, json), "false", 1, 0, NULL,
      NULL, "print JSON"},
+    {"range-factor", FL_CFG_DOUBLE, offsetof(bench_opts_t, range_factor), "0",
+     0, 1e6, NULL, NULL,
+     "gamma of the scale formula for every codec; 0 = 1 + b/2"},
     {"make-deltas", FL_CFG_STRING, offsetof(bench_opts_t, make_deltas), NULL, 1,
      0, NULL, NULL,
      "train the tiny model and write local - global to this file instead"},
@@ -192,6 +196,7 @@ static int bench_codec(json_t *arr, const codec_t *cc, const float *x, size_t d,
     /* S = ||x||: the DP clip is not what is measured here. */
     cfg.clip_norm = (float)(norm * 1.000001);
     cfg.max_summands = (uint32_t)o->cohort;
+    cfg.range_factor = (float)o->range_factor;
     cfg.ring_bits = fl_compress_ring_bits_min(cc->b, (uint64_t)o->cohort);
     size_t D = (size_t)fl_compress_space(&cfg, d);
     if (cc->support != FL_COMPRESS_SUPPORT_DENSE)
@@ -551,7 +556,7 @@ int fl_bench_compress(int argc, char **argv)
             goto out;
         fill_student_t(x, d, o.tail_dof, (uint64_t)o.seed);
     }
-    scratch = fl_aligned_alloc(64, fl_compress_pow2(d) * sizeof(float));
+    scratch = fl_aligned_alloc(64, fl_compress_rotation_dim(d) * sizeof(float));
     if (!scratch)
         goto out;
 
@@ -565,6 +570,9 @@ int fl_bench_compress(int argc, char **argv)
     if (!o.deltas)
         json_object_set_new(root, "tail_dof", json_real(o.tail_dof));
     json_object_set_new(root, "cohort", json_integer(o.cohort));
+    json_object_set_new(root, "range_factor",
+                        o.range_factor > 0 ? json_real(o.range_factor)
+                                           : json_string("1 + b/2"));
     json_object_set_new(
         root, "units",
         json_string("*_gbps: 1e9 bytes of fp32 input to that step per second "

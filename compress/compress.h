@@ -27,9 +27,9 @@
  * the residual stays bounded.
  *
  * The transmit space. Supports and ring vectors index the "transmit space"
- * of size D: D = d without rotation, D = the next power of two >= d with it
- * (the rotation pads with zeros). m values are sent: m = D for dense, k for
- * the sparse supports.
+ * of size D: D = d without rotation, D = fl_compress_rotation_dim(d) with
+ * it (the rotation pads with at most 1023 zeros). m values are sent: m = D for
+ * dense, k for the sparse supports.
  *
  * Quantization grid and scale. b bits give signed integers in
  * [-qmax, qmax], qmax = 2^(b-1) - 1 for b >= 2 (the value -2^(b-1) is never
@@ -182,15 +182,24 @@ void fl_compress_ring_add(uint32_t *acc, const uint32_t *x, size_t m,
                           unsigned r);
 
 /* ---- randomized Hadamard rotation ----------------------------------------
- * p is a power of two. rotate: x <- H D x / sqrt(p), D = diag of random
- * signs (bit j of the j/64-th fl_rng_next of fl_rng_seed(seed): 1 = minus);
- * unrotate is its inverse (and transpose). Both orthonormal. */
-void fl_compress_hadamard(float *x, size_t p); /* unnormalized, in place */
+ * The rotation space of d coordinates: D = the next power of two when
+ * d <= 1024, else d rounded up to a multiple of 1024 (so padding costs at
+ * most 1023 coordinates). It is cut into blocks, in order: as many blocks
+ * of 65536 as fit, then the rest (a multiple of 1024 below 65536) as one
+ * block per set bit of its binary form, largest first. rotate: x <- H D x
+ * per block, H the Walsh–Hadamard matrix of the block normalized by
+ * 1/sqrt(block), D = diag of random signs over the whole space (bit j%64
+ * of the (j/64)-th fl_rng_next of fl_rng_seed(seed): 1 = minus). unrotate
+ * is its inverse (and transpose). Both orthonormal. */
+#define FL_COMPRESS_ROT_MIN_BLOCK 1024
+#define FL_COMPRESS_ROT_MAX_BLOCK 65536
+size_t fl_compress_rotation_dim(size_t d); /* d >= 1 */
+/* p a power of two: the unnormalized transform, in place. */
+void fl_compress_hadamard(float *x, size_t p);
 void fl_compress_hadamard_ref(float *x, size_t p);
-void fl_compress_rotate(float *x, size_t p, uint64_t seed);
-void fl_compress_unrotate(float *x, size_t p, uint64_t seed);
-/* Next power of two >= n (n >= 1, n <= 2^30). */
-size_t fl_compress_pow2(size_t n);
+/* D must be a rotation space size (fl_compress_rotation_dim of some d). */
+void fl_compress_rotate(float *x, size_t D, uint64_t seed);
+void fl_compress_unrotate(float *x, size_t D, uint64_t seed);
 
 /* ---- supports ------------------------------------------------------------ */
 /* Public random-k: k distinct indices in [0, D), sorted ascending, the same

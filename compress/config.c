@@ -25,11 +25,14 @@ unsigned fl_compress_ring_bits_min(unsigned b, uint64_t n)
     return b + lg + 1;
 }
 
-size_t fl_compress_pow2(size_t n)
+size_t fl_compress_rotation_dim(size_t d)
 {
-    FL_ASSERT(n >= 1 && n <= ((size_t)1 << 30));
+    FL_ASSERT(d >= 1 && d <= FL_COMPRESS_MAX_PARAMS);
+    const size_t mb = FL_COMPRESS_ROT_MIN_BLOCK;
+    if (d > mb)
+        return (d + mb - 1) / mb * mb;
     size_t p = 1;
-    while (p < n)
+    while (p < d)
         p <<= 1;
     return p;
 }
@@ -38,7 +41,7 @@ uint64_t fl_compress_space(const fl_compress_config_t *cfg, uint64_t d)
 {
     if (d == 0 || d > FL_COMPRESS_MAX_PARAMS)
         return 0;
-    return cfg->rotate ? fl_compress_pow2((size_t)d) : d;
+    return cfg->rotate ? fl_compress_rotation_dim((size_t)d) : d;
 }
 
 uint64_t fl_compress_values(const fl_compress_config_t *cfg, uint64_t d)

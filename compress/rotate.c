@@ -1,7 +1,8 @@
 /* compress/rotate.c — randomized Hadamard rotation: random signs from a
- * seed, then the fast Walsh–Hadamard transform, normalized to be
- * orthonormal. Spreads a vector's mass evenly over the coordinates, so a
- * narrower quantization range fits them all. */
+ * seed, then the fast Walsh–Hadamard transform on blocks of the rotation
+ * space (see compress.h), normalized to be orthonormal. Spreads a vector's mass
+ * evenly over the coordinates, so a narrower quantization range fits them all.
+ */
 #include "compress/compress.h"
 
 #include <math.h>
@@ -122,16 +123,42 @@ static void scale_by(float *x, size_t p, float f)
         x[i] *= f;
 }
 
-void fl_compress_rotate(float *x, size_t p, uint64_t seed)
+/* The next block at offset off of a rotation space of D. */
+static size_t block_at(size_t D, size_t off)
 {
-    apply_signs(x, p, seed);
-    fl_compress_hadamard(x, p);
-    scale_by(x, p, (float)(1.0 / sqrt((double)p)));
+    size_t left = D - off;
+    if (left >= FL_COMPRESS_ROT_MAX_BLOCK)
+        return FL_COMPRESS_ROT_MAX_BLOCK;
+    size_t b = 1;
+    while (b * 2 <= left)
+        b *= 2;
+    return b; /* the highest set bit of what is left */
 }
 
-void fl_compress_unrotate(float *x, size_t p, uint64_t seed)
+static void check_dim(size_t D)
 {
-    fl_compress_hadamard(x, p);
-    scale_by(x, p, (float)(1.0 / sqrt((double)p)));
-    apply_signs(x, p, seed);
+    FL_ASSERT(D >= 1 && D <= FL_COMPRESS_MAX_PARAMS);
+    FL_ASSERT(D % FL_COMPRESS_ROT_MIN_BLOCK == 0 || (D & (D - 1)) == 0);
+}
+
+void fl_compress_rotate(float *x, size_t D, uint64_t seed)
+{
+    check_dim(D);
+    apply_signs(x, D, seed);
+    for (size_t off = 0, b; off < D; off += b) {
+        b = block_at(D, off);
+        fl_compress_hadamard(x + off, b);
+        scale_by(x + off, b, (float)(1.0 / sqrt((double)b)));
+    }
+}
+
+void fl_compress_unrotate(float *x, size_t D, uint64_t seed)
+{
+    check_dim(D);
+    for (size_t off = 0, b; off < D; off += b) {
+        b = block_at(D, off);
+        fl_compress_hadamard(x + off, b);
+        scale_by(x + off, b, (float)(1.0 / sqrt((double)b)));
+    }
+    apply_signs(x, D, seed);
 }

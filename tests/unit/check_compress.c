@@ -648,9 +648,39 @@ START_TEST(test_hadamard_rotation)
     fl_compress_rotate(e, 1024, 9);
     for (size_t i = 0; i < 1024; i++)
         ck_assert_float_eq_tol(fabsf(e[i]), 1.0f / 32, 1e-7f);
-    ck_assert_uint_eq(fl_compress_pow2(1000), 1024);
-    ck_assert_uint_eq(fl_compress_pow2(1024), 1024);
-    ck_assert_uint_eq(fl_compress_pow2(1), 1);
+    /* Rotation spaces of several blocks: 2048 + 1024; 65536 + 4096 +
+     * 1024; 12 x 65536 + 32768 + 2048. */
+    static const size_t spaces[] = {3072, 70656, 821248};
+    for (size_t si = 0; si < FL_ARRAY_LEN(spaces); si++) {
+        size_t D = spaces[si];
+        float *x = fvec(D), *y = fvec(D);
+        fill_laplace(x, D, D);
+        memcpy(y, x, D * sizeof *x);
+        double n0 = fl_compress_l2_norm(x, D);
+        fl_compress_rotate(y, D, 77);
+        ck_assert_double_eq_tol(fl_compress_l2_norm(y, D), n0, 1e-5 * n0);
+        fl_compress_unrotate(y, D, 77);
+        for (size_t i = 0; i < D; i++)
+            ck_assert_float_eq_tol(y[i], x[i], 1e-5f * (1 + fabsf(x[i])));
+        fl_free(x);
+        fl_free(y);
+    }
+    /* A spike in the last block (1024 wide, at 2048 of 3072) spreads over
+     * that block only. */
+    float *sp = fvec(3072);
+    sp[2500] = 1.0f;
+    fl_compress_rotate(sp, 3072, 5);
+    for (size_t i = 0; i < 3072; i++)
+        ck_assert_float_eq_tol(fabsf(sp[i]), i >= 2048 ? 1.0f / 32 : 0.0f,
+                               1e-7f);
+    fl_free(sp);
+    ck_assert_uint_eq(fl_compress_rotation_dim(1000), 1024);
+    ck_assert_uint_eq(fl_compress_rotation_dim(1024), 1024);
+    ck_assert_uint_eq(fl_compress_rotation_dim(1025), 2048);
+    ck_assert_uint_eq(fl_compress_rotation_dim(3000), 3072);
+    ck_assert_uint_eq(fl_compress_rotation_dim(820736), 821248);
+    ck_assert_uint_eq(fl_compress_rotation_dim(1), 1);
+    ck_assert_uint_eq(fl_compress_rotation_dim(3), 4);
 }
 END_TEST
 
@@ -677,7 +707,7 @@ static void make_cfg(fl_compress_config_t *cfg, const codec_case_t *cc,
     cfg->clip_norm = 1.0f;
     cfg->max_summands = 16;
     cfg->ring_bits = cc->b ? fl_compress_ring_bits_min(cc->b, 16) : 0;
-    size_t D = cc->rotate ? fl_compress_pow2(d) : d;
+    size_t D = cc->rotate ? fl_compress_rotation_dim(d) : d;
     if (cc->support != FL_COMPRESS_SUPPORT_DENSE)
         cfg->support_size = D / 10;
     if (cc->support == FL_COMPRESS_SUPPORT_EXPLICIT)
