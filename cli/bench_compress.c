@@ -116,9 +116,10 @@ static void fill_student_t(float *x, size_t n, double nu, uint64_t seed)
     }
 }
 
-/* Best of reps: returns seconds. The body runs once per rep. */
+/* Best of reps, after one untimed run (page faults, caches): seconds. */
 #define TIME_BEST(reps, best, body)                                            \
     do {                                                                       \
+        body;                                                                  \
         (best) = 1e30;                                                         \
         for (int64_t rep_ = 0; rep_ < (reps); rep_++) {                        \
             double t0_ = fl_time_mono_s();                                     \

@@ -131,7 +131,7 @@ static int encode(fl_compress_t *c, const float *delta, float *residual,
             w[i] = delta[i] * f1;
     }
     memset(w + d, 0, (D - d) * sizeof(float));
-    if (!isfinite(fl_compress_l2_norm(w, d)))
+    if (residual && !isfinite(fl_compress_l2_norm(w, d)))
         return FL_ERANGE; /* the residual was not finite */
 
     if (c->cfg.rotate)

@@ -28,7 +28,7 @@
  *
  * The transmit space. Supports and ring vectors index the "transmit space"
  * of size D: D = d without rotation, D = fl_compress_rotation_dim(d) with
- * it (the rotation pads with at most 1023 zeros). m values are sent: m = D for
+ * it (the rotation pads with zeros, at most 4095). m values are sent: m = D for
  * dense, k for the sparse supports.
  *
  * Quantization grid and scale. b bits give signed integers in
@@ -183,20 +183,24 @@ void fl_compress_ring_add(uint32_t *acc, const uint32_t *x, size_t m,
 
 /* ---- randomized Hadamard rotation ----------------------------------------
  * The rotation space of d coordinates: D = the next power of two when
- * d <= 1024, else d rounded up to a multiple of 1024 (so padding costs at
- * most 1023 coordinates). It is cut into blocks, in order: as many blocks
- * of 65536 as fit, then the rest (a multiple of 1024 below 65536) as one
- * block per set bit of its binary form, largest first. rotate: x <- H D x
- * per block, H the Walsh–Hadamard matrix of the block normalized by
- * 1/sqrt(block), D = diag of random signs over the whole space (bit j%64
- * of the (j/64)-th fl_rng_next of fl_rng_seed(seed): 1 = minus). unrotate
- * is its inverse (and transpose). Both orthonormal. */
-#define FL_COMPRESS_ROT_MIN_BLOCK 1024
-#define FL_COMPRESS_ROT_MAX_BLOCK 65536
+ * d <= 4096, else d rounded up to a multiple of 4096 (padding costs at
+ * most 4095 coordinates, never more than padding to a power of two).
+ * The D coordinates are read as a matrix of H = min(D, 4096) rows and
+ * C = D / H columns, row-major (coordinate i is row i / C, column i % C),
+ * so each column holds coordinates spread evenly over the whole vector.
+ * rotate: x <- signs, then every column is multiplied by the H x H
+ * Walsh–Hadamard matrix normalized by 1/sqrt(H); the signs are bit j%64 of
+ * the (j/64)-th fl_rng_next of fl_rng_seed(seed) (1 = minus), over all D.
+ * unrotate is its inverse (and transpose). Both orthonormal. */
+#define FL_COMPRESS_ROT_ROWS 4096
 size_t fl_compress_rotation_dim(size_t d); /* d >= 1 */
-/* p a power of two: the unnormalized transform, in place. */
+/* p a power of two: the unnormalized transform of x[p], in place. */
 void fl_compress_hadamard(float *x, size_t p);
 void fl_compress_hadamard_ref(float *x, size_t p);
+/* The unnormalized transform of every column of x[rows][cols] (rows a
+ * power of two), in place; the same butterflies as hadamard_ref on each
+ * column. */
+void fl_compress_hadamard_columns(float *x, size_t rows, size_t cols);
 /* D must be a rotation space size (fl_compress_rotation_dim of some d). */
 void fl_compress_rotate(float *x, size_t D, uint64_t seed);
 void fl_compress_unrotate(float *x, size_t D, uint64_t seed);

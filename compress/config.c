@@ -28,9 +28,9 @@ unsigned fl_compress_ring_bits_min(unsigned b, uint64_t n)
 size_t fl_compress_rotation_dim(size_t d)
 {
     FL_ASSERT(d >= 1 && d <= FL_COMPRESS_MAX_PARAMS);
-    const size_t mb = FL_COMPRESS_ROT_MIN_BLOCK;
-    if (d > mb)
-        return (d + mb - 1) / mb * mb;
+    const size_t h = FL_COMPRESS_ROT_ROWS;
+    if (d > h)
+        return (d + h - 1) / h * h;
     size_t p = 1;
     while (p < d)
         p <<= 1;

@@ -1,7 +1,8 @@
 /* compress/rotate.c — randomized Hadamard rotation: random signs from a
- * seed, then the fast Walsh–Hadamard transform on blocks of the rotation
- * space (see compress.h), normalized to be orthonormal. Spreads a vector's mass
- * evenly over the coordinates, so a narrower quantization range fits them all.
+ * seed, then the fast Walsh–Hadamard transform down the columns of the
+ * rotation space (see compress.h), normalized to be orthonormal. Spreads a
+ * vector's mass evenly over the coordinates, so a narrower quantization range
+ * fits them all.
  */
 #include "compress/compress.h"
 
@@ -123,42 +124,78 @@ static void scale_by(float *x, size_t p, float f)
         x[i] *= f;
 }
 
-/* The next block at offset off of a rotation space of D. */
-static size_t block_at(size_t D, size_t off)
+/* Columns are transformed in tiles of CT adjacent columns: a tile of 4096
+ * rows is 256 KiB and stays in L2 through all twelve levels, and each
+ * butterfly is a contiguous run of CT floats that vectorizes. */
+#define CT 16
+
+static void cols_level2(float *x, size_t rows, size_t cols, size_t j0, size_t w,
+                        size_t h)
 {
-    size_t left = D - off;
-    if (left >= FL_COMPRESS_ROT_MAX_BLOCK)
-        return FL_COMPRESS_ROT_MAX_BLOCK;
-    size_t b = 1;
-    while (b * 2 <= left)
-        b *= 2;
-    return b; /* the highest set bit of what is left */
+    for (size_t i = 0; i < rows; i += 4 * h)
+        for (size_t k = i; k < i + h; k++) {
+            float *a = x + k * cols + j0, *b = a + h * cols;
+            float *c = b + h * cols, *e = c + h * cols;
+            for (size_t j = 0; j < w; j++) {
+                float s0 = a[j] + b[j], d0 = a[j] - b[j];
+                float s1 = c[j] + e[j], d1 = c[j] - e[j];
+                a[j] = s0 + s1;
+                c[j] = s0 - s1;
+                b[j] = d0 + d1;
+                e[j] = d0 - d1;
+            }
+        }
 }
 
-static void check_dim(size_t D)
+static void cols_level1(float *x, size_t rows, size_t cols, size_t j0, size_t w,
+                        size_t h)
+{
+    for (size_t i = 0; i < rows; i += 2 * h)
+        for (size_t k = i; k < i + h; k++) {
+            float *a = x + k * cols + j0, *b = a + h * cols;
+            for (size_t j = 0; j < w; j++) {
+                float s = a[j] + b[j], d = a[j] - b[j];
+                a[j] = s;
+                b[j] = d;
+            }
+        }
+}
+
+void fl_compress_hadamard_columns(float *x, size_t rows, size_t cols)
+{
+    FL_ASSERT(rows >= 1 && (rows & (rows - 1)) == 0);
+    if (cols == 1) {
+        fl_compress_hadamard(x, rows);
+        return;
+    }
+    for (size_t j0 = 0; j0 < cols; j0 += CT) {
+        size_t w = FL_MIN((size_t)CT, cols - j0), h = 1;
+        for (; 4 * h <= rows; h *= 4)
+            cols_level2(x, rows, cols, j0, w, h);
+        if (h < rows)
+            cols_level1(x, rows, cols, j0, w, h);
+    }
+}
+
+static size_t rows_of(size_t D)
 {
     FL_ASSERT(D >= 1 && D <= FL_COMPRESS_MAX_PARAMS);
-    FL_ASSERT(D % FL_COMPRESS_ROT_MIN_BLOCK == 0 || (D & (D - 1)) == 0);
+    FL_ASSERT(D % FL_COMPRESS_ROT_ROWS == 0 || (D & (D - 1)) == 0);
+    return FL_MIN(D, (size_t)FL_COMPRESS_ROT_ROWS);
 }
 
 void fl_compress_rotate(float *x, size_t D, uint64_t seed)
 {
-    check_dim(D);
+    size_t rows = rows_of(D);
     apply_signs(x, D, seed);
-    for (size_t off = 0, b; off < D; off += b) {
-        b = block_at(D, off);
-        fl_compress_hadamard(x + off, b);
-        scale_by(x + off, b, (float)(1.0 / sqrt((double)b)));
-    }
+    fl_compress_hadamard_columns(x, rows, D / rows);
+    scale_by(x, D, (float)(1.0 / sqrt((double)rows)));
 }
 
 void fl_compress_unrotate(float *x, size_t D, uint64_t seed)
 {
-    check_dim(D);
-    for (size_t off = 0, b; off < D; off += b) {
-        b = block_at(D, off);
-        fl_compress_hadamard(x + off, b);
-        scale_by(x + off, b, (float)(1.0 / sqrt((double)b)));
-    }
+    size_t rows = rows_of(D);
+    fl_compress_hadamard_columns(x, rows, D / rows);
+    scale_by(x, D, (float)(1.0 / sqrt((double)rows)));
     apply_signs(x, D, seed);
 }

@@ -648,9 +648,27 @@ START_TEST(test_hadamard_rotation)
     fl_compress_rotate(e, 1024, 9);
     for (size_t i = 0; i < 1024; i++)
         ck_assert_float_eq_tol(fabsf(e[i]), 1.0f / 32, 1e-7f);
-    /* Rotation spaces of several blocks: 2048 + 1024; 65536 + 4096 +
-     * 1024; 12 x 65536 + 32768 + 2048. */
-    static const size_t spaces[] = {3072, 70656, 821248};
+    /* The column transform is the reference transform of each column. */
+    {
+        const size_t rows = 64, cols = 37;
+        float *m = fvec(rows * cols), *col = fvec(rows);
+        fill_laplace(m, rows * cols, 5);
+        float *orig = fvec(rows * cols);
+        memcpy(orig, m, rows * cols * sizeof *m);
+        fl_compress_hadamard_columns(m, rows, cols);
+        for (size_t j = 0; j < cols; j++) {
+            for (size_t i = 0; i < rows; i++)
+                col[i] = orig[i * cols + j];
+            fl_compress_hadamard_ref(col, rows);
+            for (size_t i = 0; i < rows; i++)
+                ck_assert_float_eq(m[i * cols + j], col[i]);
+        }
+        fl_free(m);
+        fl_free(col);
+        fl_free(orig);
+    }
+    /* Rotation spaces of several columns: 4096 x 3, 4096 x 201. */
+    static const size_t spaces[] = {12288, 823296};
     for (size_t si = 0; si < FL_ARRAY_LEN(spaces); si++) {
         size_t D = spaces[si];
         float *x = fvec(D), *y = fvec(D);
@@ -665,20 +683,21 @@ START_TEST(test_hadamard_rotation)
         fl_free(x);
         fl_free(y);
     }
-    /* A spike in the last block (1024 wide, at 2048 of 3072) spreads over
-     * that block only. */
-    float *sp = fvec(3072);
+    /* A spike spreads over its column: every third coordinate of 12288. */
+    float *sp = fvec(12288);
     sp[2500] = 1.0f;
-    fl_compress_rotate(sp, 3072, 5);
-    for (size_t i = 0; i < 3072; i++)
-        ck_assert_float_eq_tol(fabsf(sp[i]), i >= 2048 ? 1.0f / 32 : 0.0f,
+    fl_compress_rotate(sp, 12288, 5);
+    for (size_t i = 0; i < 12288; i++)
+        ck_assert_float_eq_tol(fabsf(sp[i]), i % 3 == 2500 % 3 ? 1.0f / 64 : 0,
                                1e-7f);
     fl_free(sp);
     ck_assert_uint_eq(fl_compress_rotation_dim(1000), 1024);
     ck_assert_uint_eq(fl_compress_rotation_dim(1024), 1024);
     ck_assert_uint_eq(fl_compress_rotation_dim(1025), 2048);
-    ck_assert_uint_eq(fl_compress_rotation_dim(3000), 3072);
-    ck_assert_uint_eq(fl_compress_rotation_dim(820736), 821248);
+    ck_assert_uint_eq(fl_compress_rotation_dim(3000), 4096);
+    ck_assert_uint_eq(fl_compress_rotation_dim(5000), 8192);
+    ck_assert_uint_eq(fl_compress_rotation_dim(8193), 12288);
+    ck_assert_uint_eq(fl_compress_rotation_dim(820736), 823296);
     ck_assert_uint_eq(fl_compress_rotation_dim(1), 1);
     ck_assert_uint_eq(fl_compress_rotation_dim(3), 4);
 }
