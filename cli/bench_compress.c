@@ -51,7 +51,7 @@ static const fl_cfg_opt_t opts[] = {
      NULL, "print JSON"},
     {"range-factor", FL_CFG_DOUBLE, offsetof(bench_opts_t, range_factor), "0",
      0, 1e6, NULL, NULL,
-     "gamma of the scale formula for every codec; 0 = 1 + b/2"},
+     "gamma of the scale formula for every codec; 0 = max(1, 1/4 + b/2)"},
     {"make-deltas", FL_CFG_STRING, offsetof(bench_opts_t, make_deltas), NULL, 1,
      0, NULL, NULL,
      "train the tiny model and write local - global to this file instead"},
@@ -345,8 +345,9 @@ static int bench_codec(json_t *arr, const codec_t *cc, const float *x, size_t d,
     json_object_set_new(obj, "wire_bytes", json_integer((json_int_t)len));
     json_object_set_new(obj, "bits_per_param",
                         json_real(round3(8.0 * (double)len / d)));
-    json_object_set_new(obj, "bits_per_param_secagg_off",
-                        json_real(round3(8.0 * (double)plain_bytes / d)));
+    json_object_set_new(
+        obj, "bits_per_param_secagg_off",
+        json_real(round3(8.0 * (double)(cc->secagg ? plain_bytes : len) / d)));
     json_object_set_new(obj, "relative_l2_error",
                         json_real(round3(sqrt(e2 / x2))));
     json_object_set_new(obj, "relative_l2_error_on_support",
@@ -573,7 +574,7 @@ int fl_bench_compress(int argc, char **argv)
     json_object_set_new(root, "cohort", json_integer(o.cohort));
     json_object_set_new(root, "range_factor",
                         o.range_factor > 0 ? json_real(o.range_factor)
-                                           : json_string("1 + b/2"));
+                                           : json_string("max(1, 1/4 + b/2)"));
     json_object_set_new(
         root, "units",
         json_string("*_gbps: 1e9 bytes of fp32 input to that step per second "

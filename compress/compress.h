@@ -39,14 +39,14 @@
  *   scale = qmax / R,   R = min(S, gamma * S / sqrt(m))
  *
  * S the clip norm, m the number of values sent, gamma the range factor
- * (config; 0 = 1 + b/2): the m sent values have norm <= S, so their RMS is
- * at most S/sqrt(m) and R is gamma times that. An explicit config.scale > 0
- * overrides the formula. Since no coordinate of a clipped vector exceeds
- * S, gamma >= sqrt(m) means no value is ever clamped.
- * Stochastic rounding is exactly unbiased for |v * scale| <= qmax (b >= 2)
- * and |v * scale| <= 1 (b = 1); beyond that the value is clamped to the edge
- * of the grid, which biases that coordinate towards zero; error feedback
- * puts the clamped excess in the residual, so it is sent in later rounds.
+ * (config; 0 = max(1, 1/4 + b/2)): the m sent values have norm <= S, so their
+ * RMS is at most S/sqrt(m) and R is gamma times that. An explicit config.scale
+ * > 0 overrides the formula. Since no coordinate of a clipped vector exceeds S,
+ * gamma >= sqrt(m) means no value is ever clamped. Stochastic rounding is
+ * exactly unbiased for |v * scale| <= qmax (b >= 2) and |v * scale| <= 1 (b =
+ * 1); beyond that the value is clamped to the edge of the grid, which biases
+ * that coordinate towards zero; error feedback puts the clamped excess in the
+ * residual, so it is sent in later rounds.
  *
  * The ring. A value q is lifted to q mod 2^r. The sum of n lifted vectors,
  * taken mod 2^r, lifts back to the true integer sum by the centered lift
@@ -105,7 +105,7 @@ typedef struct {
     int rotate;          /* randomized Hadamard rotation */
     uint64_t rotation_seed;
     float clip_norm;       /* S > 0 */
-    float range_factor;    /* gamma; 0 = 1 + b/2 */
+    float range_factor;    /* gamma; 0 = max(1, 1/4 + b/2) */
     float scale;           /* > 0 overrides the scale formula; 0 = derive */
     int error_feedback;    /* informative: the client keeps a residual */
     uint64_t quant_seed;   /* base seed for stochastic rounding */

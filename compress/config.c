@@ -113,7 +113,11 @@ double fl_compress_scale(const fl_compress_config_t *cfg, uint64_t d)
     if (cfg->scale > 0)
         return cfg->scale;
     double S = cfg->clip_norm;
-    double gamma = cfg->range_factor > 0 ? cfg->range_factor : 1.0 + b / 2.0;
+    /* The default gamma: about the smallest relative error of one message
+     * of Gaussian coordinates (what the rotation produces), measured with
+     * bench compress --range-factor for b = 1..8 (docs/COMPRESSION.md). */
+    double gamma =
+        cfg->range_factor > 0 ? cfg->range_factor : FL_MAX(1.0, 0.25 + b / 2.0);
     uint64_t Ds = fl_compress_values(cfg, d);
     if (Ds == 0)
         return 0;

@@ -376,9 +376,9 @@ START_TEST(test_config_rules)
     cfg.range_factor = 4.0f;
     ck_assert_double_eq_tol(fl_compress_scale(&cfg, 10000),
                             127.0 / (4.0 * 2.0 / 100.0), 1e-9);
-    cfg.range_factor = 0; /* auto: 1 + b/2 = 5 */
+    cfg.range_factor = 0; /* auto: 1/4 + b/2 = 4.25 */
     ck_assert_double_eq_tol(fl_compress_scale(&cfg, 10000),
-                            127.0 / (5.0 * 2.0 / 100.0), 1e-9);
+                            127.0 / (4.25 * 2.0 / 100.0), 1e-9);
     ck_assert_double_eq_tol(fl_compress_scale(&cfg, 4), 127.0 / 2.0, 1e-9);
 }
 END_TEST
