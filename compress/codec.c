@@ -48,17 +48,25 @@ int fl_compress_new(fl_compress_t **out, const fl_compress_config_t *cfg,
     c->scale = (float)fl_compress_scale(cfg, d);
     c->inv_scale = c->scale > 0 ? 1.0f / c->scale : 0;
     c->sensitivity = fl_compress_sensitivity(cfg, d);
-    c->work = fl_aligned_alloc(64, c->D * sizeof(float));
-    c->q = fl_aligned_alloc(64, FL_MAX(c->m, 1) * sizeof(int32_t));
+    /* Sizes fit size_t even on 32-bit devices: D <= 2^30 floats would not
+     * (4 GiB), so check the products. */
+    size_t wbytes, qbytes;
+    if (fl_mul_size((size_t)c->D, sizeof(float), &wbytes) < 0 ||
+        fl_mul_size((size_t)FL_MAX(c->m, 1), sizeof(int32_t), &qbytes) < 0) {
+        rc = FL_ETOOBIG;
+        goto out;
+    }
+    c->work = fl_aligned_alloc(64, wbytes);
+    c->q = fl_aligned_alloc(64, qbytes);
     if (!c->work || !c->q)
         goto out;
     if (cfg->support != FL_COMPRESS_SUPPORT_DENSE) {
-        c->support = fl_malloc(c->m * sizeof(uint32_t));
+        c->support = fl_malloc(qbytes); /* m uint32_t */
         if (!c->support)
             goto out;
     }
     if (cfg->support != FL_COMPRESS_SUPPORT_DENSE || cfg->quant_bits == 0) {
-        c->vals = fl_aligned_alloc(64, c->m * sizeof(float));
+        c->vals = fl_aligned_alloc(64, qbytes); /* m floats */
         if (!c->vals)
             goto out;
     }
