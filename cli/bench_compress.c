@@ -31,6 +31,8 @@ typedef struct {
     int64_t local_steps;
     double local_lr;
     double range_factor;
+    int64_t ef_rounds;
+    double clip_factor;
 } bench_opts_t;
 
 static const fl_cfg_opt_t opts[] = {
@@ -52,6 +54,10 @@ static const fl_cfg_opt_t opts[] = {
     {"range-factor", FL_CFG_DOUBLE, offsetof(bench_opts_t, range_factor), "0",
      0, 1e6, NULL, NULL,
      "gamma of the scale formula for every codec; 0 = max(1, 1/4 + b/2)"},
+    {"clip-factor", FL_CFG_DOUBLE, offsetof(bench_opts_t, clip_factor), "1", 1,
+     1e6, NULL, NULL, "clip norm S = this times ||x||"},
+    {"ef-rounds", FL_CFG_INT, offsetof(bench_opts_t, ef_rounds), "10", 0, 1000,
+     NULL, NULL, "rounds of the same delta with error feedback (0 = skip)"},
     {"make-deltas", FL_CFG_STRING, offsetof(bench_opts_t, make_deltas), NULL, 1,
      0, NULL, NULL,
      "train the tiny model and write local - global to this file instead"},
@@ -174,6 +180,84 @@ static int load_deltas(const char *path, float **out, size_t *n)
     return 0;
 }
 
+/* One message of x through a fresh handle for cfg: decoded into out[d],
+ * residual[d] updated (error feedback). */
+static int roundtrip(const fl_compress_config_t *cfg, size_t d, const float *x,
+                     float *residual, float *out, fl_rng_t *rng)
+{
+    fl_compress_t *c = NULL;
+    uint32_t *ring = NULL;
+    uint8_t *wire = NULL;
+    float *acc = NULL;
+    uint64_t cap;
+    size_t len;
+    int rc = fl_compress_new(&c, cfg, d);
+    if (rc < 0)
+        goto out;
+    if ((rc = fl_compress_wire_bytes(cfg, d, &cap, NULL)) < 0)
+        goto out;
+    rc = FL_ENOMEM;
+    ring = fl_malloc((size_t)fl_compress_value_count(c) * sizeof *ring);
+    wire = fl_malloc((size_t)cap);
+    acc = fl_calloc((size_t)fl_compress_space_dim(c), sizeof *acc);
+    if (!ring || !wire || !acc)
+        goto out;
+    if (cfg->secagg) {
+        rc = fl_compress_encode_ring(c, ring, x, residual, rng, NULL);
+        if (rc == 0)
+            rc = fl_compress_decode_ring_sum(c, out, ring, 1.0);
+    } else {
+        rc = fl_compress_encode_payload(c, wire, (size_t)cap, &len, x, residual,
+                                        rng, NULL);
+        if (rc == 0)
+            rc = fl_compress_accumulate_payload(c, acc, wire, len);
+        if (rc == 0)
+            rc = fl_compress_finish(c, out, acc, 1.0);
+    }
+out:
+    fl_free(ring);
+    fl_free(wire);
+    fl_free(acc);
+    fl_compress_free(c);
+    return rc;
+}
+
+/* The same delta sent R times with error feedback, a new support and
+ * rotation seed every round: ||sum of what arrived - R x|| / (R ||x||). */
+static int ef_error(const fl_compress_config_t *base, size_t d, const float *x,
+                    int64_t R, uint64_t seed, double *err)
+{
+    float *res = fl_calloc(d, sizeof *res), *out = fl_malloc(d * sizeof *out);
+    double *sum = fl_calloc(d, sizeof *sum);
+    int rc = FL_ENOMEM;
+    fl_rng_t rng;
+    fl_rng_seed(&rng, seed);
+    if (!res || !out || !sum)
+        goto out;
+    for (int64_t t = 0; t < R; t++) {
+        fl_compress_config_t cfg = *base;
+        cfg.support_seed = seed + 1000 + (uint64_t)t;
+        cfg.rotation_seed = seed + 2000 + (uint64_t)t;
+        if ((rc = roundtrip(&cfg, d, x, res, out, &rng)) < 0)
+            goto out;
+        for (size_t i = 0; i < d; i++)
+            sum[i] += out[i];
+    }
+    double e2 = 0, x2 = 0;
+    for (size_t i = 0; i < d; i++) {
+        double e = sum[i] - (double)R * x[i];
+        e2 += e * e;
+        x2 += (double)x[i] * x[i];
+    }
+    *err = sqrt(e2 / x2) / (double)R;
+    rc = 0;
+out:
+    fl_free(res);
+    fl_free(out);
+    fl_free(sum);
+    return rc;
+}
+
 /* Measures one codec on x[d]; adds its object to arr. */
 static int bench_codec(json_t *arr, const codec_t *cc, const float *x, size_t d,
                        const bench_opts_t *o, float *scratch)
@@ -194,8 +278,8 @@ static int bench_codec(json_t *arr, const codec_t *cc, const float *x, size_t d,
     cfg.rotation_seed = (uint64_t)o->seed + 11;
     cfg.support_seed = (uint64_t)o->seed + 12;
     cfg.secagg = cc->secagg;
-    /* S = ||x||: the DP clip is not what is measured here. */
-    cfg.clip_norm = (float)(norm * 1.000001);
+    /* S >= ||x||: the DP clip is not what is measured here. */
+    cfg.clip_norm = (float)(norm * o->clip_factor * 1.000001);
     cfg.max_summands = (uint32_t)o->cohort;
     cfg.range_factor = (float)o->range_factor;
     cfg.ring_bits = fl_compress_ring_bits_min(cc->b, (uint64_t)o->cohort);
@@ -350,6 +434,15 @@ static int bench_codec(json_t *arr, const codec_t *cc, const float *x, size_t d,
         json_real(round3(8.0 * (double)(cc->secagg ? plain_bytes : len) / d)));
     json_object_set_new(obj, "relative_l2_error",
                         json_real(round3(sqrt(e2 / x2))));
+    if (o->ef_rounds > 0) {
+        double ef;
+        char key[64];
+        rc = ef_error(&cfg, d, x, o->ef_rounds, (uint64_t)o->seed + 99, &ef);
+        if (rc < 0)
+            goto out;
+        snprintf(key, sizeof key, "relative_l2_error_ef%d", (int)o->ef_rounds);
+        json_object_set_new(obj, key, json_real(round3(ef)));
+    }
     json_object_set_new(obj, "relative_l2_error_on_support",
                         sx2 > 0 ? json_real(round3(sqrt(se2 / sx2)))
                                 : json_null());
@@ -572,6 +665,7 @@ int fl_bench_compress(int argc, char **argv)
     if (!o.deltas)
         json_object_set_new(root, "tail_dof", json_real(o.tail_dof));
     json_object_set_new(root, "cohort", json_integer(o.cohort));
+    json_object_set_new(root, "clip_factor", json_real(o.clip_factor));
     json_object_set_new(root, "range_factor",
                         o.range_factor > 0 ? json_real(o.range_factor)
                                            : json_string("max(1, 1/4 + b/2)"));
@@ -584,9 +678,12 @@ int fl_bench_compress(int argc, char **argv)
                     "noisy"));
     json_object_set_new(
         root, "error",
-        json_string("relative_l2_error = ||decode(encode(x)) - x|| / ||x|| "
-                    "for one message, clip norm S = ||x||, no error "
-                    "feedback"));
+        json_string(
+            "relative_l2_error = ||decode(encode(x)) - x|| / ||x|| "
+            "for one message, clip norm S = clip_factor ||x||, no error "
+            "feedback; relative_l2_error_efR: x sent R times with "
+            "error feedback and a new support and rotation each "
+            "round, ||sum decoded - R x|| / (R ||x||)"));
     json_object_set_new(root, "memcpy_gbps",
                         json_real(round3(gbps(4.0 * d, t_copy))));
     json_t *arr = json_array();
