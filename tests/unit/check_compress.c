@@ -1027,6 +1027,66 @@ START_TEST(test_pipeline_roundtrip_and_sizes)
 }
 END_TEST
 
+/* What one client contributes, dequantized, never exceeds the DP
+ * sensitivity fl_compress_sensitivity reports, whatever the residual, the
+ * clamping and the rounding do. */
+START_TEST(test_sensitivity_bound)
+{
+    const size_t d = 500;
+    static const struct {
+        fl_compress_support_t support;
+        unsigned b;
+        int rotate;
+        float gamma;
+    } cases[] = {
+        {FL_COMPRESS_SUPPORT_DENSE, 1, 0, 0},
+        {FL_COMPRESS_SUPPORT_DENSE, 2, 1, 0.5f},
+        {FL_COMPRESS_SUPPORT_DENSE, 4, 0, 0},
+        {FL_COMPRESS_SUPPORT_DENSE, 8, 1, 100.0f},
+        {FL_COMPRESS_SUPPORT_RANDOM_K, 3, 0, 0.5f},
+        {FL_COMPRESS_SUPPORT_RANDOM_K, 16, 1, 0},
+    };
+    for (size_t ci = 0; ci < FL_ARRAY_LEN(cases); ci++) {
+        fl_compress_config_t cfg;
+        fl_compress_config_init(&cfg);
+        cfg.support = cases[ci].support;
+        cfg.quant_bits = cases[ci].b;
+        cfg.rotate = cases[ci].rotate;
+        cfg.range_factor = cases[ci].gamma;
+        cfg.support_size = 50;
+        cfg.clip_norm = 0.7f;
+        cfg.ring_bits = 32;
+        cfg.max_summands = 2;
+        fl_compress_t *c;
+        ck_assert_int_eq(fl_compress_new(&c, &cfg, d), 0);
+        size_t m = (size_t)fl_compress_value_count(c);
+        double bound = fl_compress_sensitivity(&cfg, d), worst = 0;
+        float *delta = fvec(d), *res = fvec(d);
+        uint32_t *ring = fl_malloc(m * sizeof *ring);
+        int32_t *q = fl_malloc(m * sizeof *q);
+        fl_rng_t rng;
+        fl_rng_seed(&rng, ci);
+        for (int t = 0; t < 200; t++) {
+            fill_laplace(delta, d, 100 * ci + (size_t)t);
+            ck_assert_int_eq(
+                fl_compress_encode_ring(c, ring, delta, res, &rng, NULL), 0);
+            fl_compress_unlift(q, ring, m, cfg.ring_bits);
+            double n2 = 0, inv = 1.0 / fl_compress_scale_of(c);
+            for (size_t j = 0; j < m; j++)
+                n2 += (q[j] * inv) * (q[j] * inv);
+            worst = fmax(worst, sqrt(n2));
+        }
+        ck_assert_msg(worst <= bound * (1 + 1e-6), "case %zu: %g > %g", ci,
+                      worst, bound);
+        fl_free(delta);
+        fl_free(res);
+        fl_free(ring);
+        fl_free(q);
+        fl_compress_free(c);
+    }
+}
+END_TEST
+
 START_TEST(test_new_alloc_failures)
 {
     fl_compress_config_t cfg;
@@ -1072,6 +1132,7 @@ Suite *check_compress_suite(void)
     tcase_add_test(tc, test_hadamard_rotation);
     tcase_add_test(tc, test_error_feedback_tracks_sum);
     tcase_add_test(tc, test_pipeline_roundtrip_and_sizes);
+    tcase_add_test(tc, test_sensitivity_bound);
     tcase_add_test(tc, test_new_alloc_failures);
     suite_add_tcase(s, tc);
     return s;
