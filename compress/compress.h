@@ -23,8 +23,10 @@
  * the coordinates off the support, the part removed by the second clip,
  * what was clamped and the rounding error. The first clip's excess is
  * discarded (it is the DP clipping of the fresh delta). Clipping the sent
- * values rather than x lets a sparse support carry up to S per round, so
- * the residual stays bounded.
+ * values rather than x lets a sparse support carry up to S every round, so
+ * the residual stays bounded as long as what persists from round to round
+ * fits that budget (docs/COMPRESSION.md §8). The server gives every round
+ * new support and rotation seeds; error feedback depends on it.
  *
  * The transmit space. Supports and ring vectors index the "transmit space"
  * of size D: D = d without rotation, D = fl_compress_rotation_dim(d) with
@@ -62,8 +64,7 @@
  * Ownership: pointer arguments are borrowed unless stated otherwise.
  * Thread-safety: kernels are thread-safe on distinct buffers; an
  * fl_compress_t handle has scratch memory and must not be used by two
- * threads at once (make one handle per thread; they are cheap to copy from
- * the same config).
+ * threads at once (make one handle per thread from the same config).
  */
 #ifndef FL_COMPRESS_H
 #define FL_COMPRESS_H
@@ -98,8 +99,8 @@ typedef struct {
     uint64_t support_seed; /* RANDOM_K */
     uint64_t support_size; /* k: RANDOM_K, TOP_K; EXPLICIT: list length */
     /* EXPLICIT: k strictly increasing indices into the transmit space;
-     * borrowed, must outlive every handle made from this config. The
-     * wire form is fl_compress_indices_encode's. */
+     * borrowed (fl_compress_new copies them). The wire form is
+     * fl_compress_indices_encode's. */
     const uint32_t *support_indices;
     unsigned quant_bits; /* b, 1..16; 0 = fp32 values (secagg off only) */
     int rotate;          /* randomized Hadamard rotation */
@@ -135,9 +136,9 @@ double fl_compress_sensitivity(const fl_compress_config_t *cfg, uint64_t d);
 /* Bytes one client puts on the wire for d parameters (the codec payload,
  * not the protobuf framing or key exchange). secagg on: m values at r bits,
  * ceil(m*r/8). secagg off: ceil(m*b/8) (4m for fp32), plus for top-k the
- * index encoding, whose size depends on the indices: *bytes is then the
- * largest it can be and *exact is 0; otherwise *exact is 1 (exact may be
- * NULL). Returns 0 or the fl_compress_config_check error. */
+ * index encoding, whose size depends on the indices: *bytes is then an
+ * upper bound and *exact is 0; otherwise *exact is 1 (exact may be NULL).
+ * Returns 0 or the fl_compress_config_check error. */
 int fl_compress_wire_bytes(const fl_compress_config_t *cfg, uint64_t d,
                            uint64_t *bytes, int *exact);
 
@@ -164,8 +165,8 @@ int fl_compress_clip_layers(float *x, size_t n,
 /* qmax for b bits (1 for b = 1). */
 int32_t fl_compress_qmax(unsigned b);
 /* q[i] = stochastic rounding of x[i] * scale onto the b-bit grid, clamped
- * to +-qmax; E[q] = x * scale inside the grid. Draws 32 random bits per
- * value from rng (two values per fl_rng_next step) and advances it. */
+ * to +-qmax; E[q] = x * scale inside the grid (to 2^-24 of a step). One
+ * fl_rng_next step of rng per two values (24 bits each); rng advances. */
 void fl_compress_quantize(int32_t *q, const float *x, size_t m, float scale,
                           unsigned b, fl_rng_t *rng);
 /* The same, one value at a time, written for clarity; identical output. */
@@ -229,16 +230,17 @@ int fl_compress_support_top_k(uint32_t *idx, const float *x, size_t D,
 #define FL_COMPRESS_INDEX_BITMAP 0x02
 /* Size of the encoding of idx. */
 size_t fl_compress_indices_bytes(const uint32_t *idx, size_t k, size_t D);
-/* Largest encoding of any k-subset of [0, D). */
+/* An upper bound on the encoding of any k-subset of [0, D). */
 size_t fl_compress_indices_bytes_max(size_t k, size_t D);
 /* Writes the encoding; out holds fl_compress_indices_bytes(...) bytes
  * (cap checked: FL_ETOOBIG). idx must be strictly increasing below D
  * (FL_EINVAL). */
 int fl_compress_indices_encode(uint8_t *out, size_t cap, size_t *len,
                                const uint32_t *idx, size_t k, size_t D);
-/* Reads the header of an encoding from a peer: D and k, and the length
- * the whole encoding must have. Refuses (FL_EFORMAT, FL_ETRUNC, FL_ETOOBIG)
- * anything malformed or with D > max_D. */
+/* Checks the encoding at the start of in (a peer's; bytes after it are
+ * allowed) without writing anything: its D, k and length enc_len. Refuses
+ * (FL_EFORMAT, FL_ETRUNC, FL_ETOOBIG) anything malformed or with
+ * D > max_D. O(k) for gaps, O(D/8) for a bitmap. */
 int fl_compress_indices_peek(const uint8_t *in, size_t len, size_t max_D,
                              size_t *D, size_t *k, size_t *enc_len);
 /* Decodes an encoding from a peer into idx (cap entries); it must be
@@ -268,21 +270,24 @@ double fl_compress_scale_of(const fl_compress_t *c);
  * ready for masking and fl_bitpack at r bits. delta[d] is not modified;
  * residual[d] (NULL = no error feedback) is added and then replaced by the
  * new residual; *norm (may be NULL) receives ||delta|| before clipping.
- * FL_ERANGE when delta or residual is not finite; FL_ECONFIG for top-k. */
+ * FL_ERANGE when delta or residual is not finite; FL_ECONFIG when the
+ * handle's config has secagg off. rng: the client's stochastic-rounding
+ * generator (e.g. seeded from quant_seed and the client's id). */
 int fl_compress_encode_ring(fl_compress_t *c, uint32_t *ring,
                             const float *delta, float *residual, fl_rng_t *rng,
                             double *norm);
 /* Client, secure aggregation off: the payload (top-k: index encoding; then
  * the values, b-bit two's complement packed, or fp32 little-endian for
  * b = 0). out has cap bytes (fl_compress_wire_bytes is enough); *len
- * receives the size written. Same delta/residual/norm contract. */
+ * receives the size written (FL_ETOOBIG when cap is short). Same
+ * delta/residual/rng/norm contract; FL_ECONFIG when secagg is on. */
 int fl_compress_encode_payload(fl_compress_t *c, uint8_t *out, size_t cap,
                                size_t *len, const float *delta, float *residual,
                                fl_rng_t *rng, double *norm);
 
 /* Server, secure aggregation on: sum[m] is the unmasked ring sum (mod
  * 2^r). out[d] = unrotate(scatter(centered_lift(sum) / scale)) / denom,
- * denom the fixed expected cohort (> 0). */
+ * denom the fixed expected cohort (> 0, else FL_EINVAL). */
 int fl_compress_decode_ring_sum(fl_compress_t *c, float *out,
                                 const uint32_t *sum, double denom);
 /* Server, secure aggregation off: adds one client's payload (peer data:
@@ -291,7 +296,8 @@ int fl_compress_decode_ring_sum(fl_compress_t *c, float *out,
  * transmit space. On error acc is unchanged. */
 int fl_compress_accumulate_payload(fl_compress_t *c, float *acc,
                                    const uint8_t *in, size_t len);
-/* out[d] = unrotate(acc) / denom; acc[D] is used as scratch (destroyed). */
+/* out[d] = unrotate(acc) / denom, after every payload of the round was
+ * accumulated; acc[D] is used as scratch (destroyed). */
 int fl_compress_finish(fl_compress_t *c, float *out, float *acc, double denom);
 
 #endif /* FL_COMPRESS_H */
