@@ -313,6 +313,62 @@ START_TEST(test_codec_ring_sum_at_limit)
 }
 END_TEST
 
+/* A cohort through the ring: n clients with the same public support and
+ * rotation (each its own residual and rounding), summed mod 2^r, decode to
+ * the mean of what each alone decodes to; the integer sums are exact. */
+START_TEST(test_cohort_ring_sum_is_sum_of_decodes)
+{
+    const size_t d = 3000, n = 20;
+    fl_compress_config_t cfg;
+    fl_compress_config_init(&cfg);
+    cfg.support = FL_COMPRESS_SUPPORT_RANDOM_K;
+    cfg.support_size = 1000;
+    cfg.support_seed = 11;
+    cfg.rotate = 1;
+    cfg.rotation_seed = 12;
+    cfg.quant_bits = 6;
+    cfg.max_summands = (uint32_t)n;
+    cfg.ring_bits = fl_compress_ring_bits_min(6, n);
+    fl_compress_t *c;
+    ck_assert_int_eq(fl_compress_new(&c, &cfg, d), 0);
+    size_t m = (size_t)fl_compress_value_count(c);
+    uint32_t *ring = fl_malloc(m * 4), *acc = fl_calloc(m, 4);
+    int32_t *q = fl_malloc(m * 4);
+    int64_t *isum = fl_calloc(m, sizeof *isum);
+    float *delta = fvec(d), *res = fvec(d), *one = fvec(d), *all = fvec(d);
+    double *mean = fl_calloc(d, sizeof *mean);
+    fl_rng_t rng;
+    fl_rng_seed(&rng, 3);
+    for (size_t k = 0; k < n; k++) {
+        fill_laplace(delta, d, 500 + k);
+        memset(res, 0, d * sizeof *res);
+        ck_assert_int_eq(
+            fl_compress_encode_ring(c, ring, delta, res, &rng, NULL), 0);
+        fl_compress_unlift(q, ring, m, cfg.ring_bits);
+        for (size_t j = 0; j < m; j++)
+            isum[j] += q[j];
+        fl_compress_ring_add(acc, ring, m, cfg.ring_bits);
+        ck_assert_int_eq(fl_compress_decode_ring_sum(c, one, ring, 1.0), 0);
+        for (size_t i = 0; i < d; i++)
+            mean[i] += one[i] / (double)n;
+    }
+    fl_compress_unlift(q, acc, m, cfg.ring_bits);
+    ASSERT_ALL(m, q[i] == isum[i]);
+    ck_assert_int_eq(fl_compress_decode_ring_sum(c, all, acc, (double)n), 0);
+    ASSERT_ALL(d, fabs(all[i] - mean[i]) <= 1e-5 * (1 + fabs(mean[i])));
+    fl_free(ring);
+    fl_free(acc);
+    fl_free(q);
+    fl_free(isum);
+    fl_free(delta);
+    fl_free(res);
+    fl_free(one);
+    fl_free(all);
+    fl_free(mean);
+    fl_compress_free(c);
+}
+END_TEST
+
 START_TEST(test_config_rules)
 {
     fl_compress_config_t cfg;
@@ -1124,6 +1180,7 @@ Suite *check_compress_suite(void)
     tcase_add_test(tc, test_ring_pack_every_width);
     tcase_add_test(tc, test_ring_sum_exact_at_headroom_limit);
     tcase_add_test(tc, test_codec_ring_sum_at_limit);
+    tcase_add_test(tc, test_cohort_ring_sum_is_sum_of_decodes);
     tcase_add_test(tc, test_config_rules);
     tcase_add_test(tc, test_random_k_public_support);
     tcase_add_test(tc, test_top_k_exact);
