@@ -529,26 +529,36 @@ typedef struct {
     uint32_t *start, *len;
     int32_t *id, *prev, *next;
     uint8_t *mergeable;
-    cand_t *heap;
-    size_t nheap;
+    cand_t *heap; /* grows on demand, up to 3 per symbol */
+    size_t nheap, capheap;
 } symbols_t;
 
-static void try_pair(const fl_tokenizer_t *t, symbols_t *s, const uint8_t *text,
-                     int32_t a)
+/* Queues the merge of symbol a with its right neighbour, if there is one. */
+static int try_pair(const fl_tokenizer_t *t, symbols_t *s, const uint8_t *text,
+                    int32_t a)
 {
     if (a < 0)
-        return;
+        return 0;
     int32_t b = s->next[a];
     if (b < 0 || !s->mergeable[a] || !s->mergeable[b])
-        return;
+        return 0;
     uint32_t span = s->len[a] + s->len[b];
     if (span > (uint32_t)t->max_len)
-        return;
+        return 0;
     int32_t id = tok_lookup(t, text + s->start[a], span);
     if (id < 0)
-        return;
+        return 0;
+    if (s->nheap == s->capheap) {
+        size_t ncap = s->capheap ? 2 * s->capheap : 256;
+        cand_t *nh = fl_realloc(s->heap, ncap * sizeof *nh);
+        if (!nh)
+            return FL_ENOMEM;
+        s->heap = nh;
+        s->capheap = ncap;
+    }
     cand_t c = {t->scores[id], s->start[a], span, a, id};
     heap_push(s->heap, &s->nheap, c);
+    return 0;
 }
 
 static void symbols_free(symbols_t *s)
@@ -577,9 +587,7 @@ static int symbols_reserve(symbols_t *s, size_t *cap, size_t len)
     s->prev = fl_malloc(ncap * sizeof *s->prev);
     s->next = fl_malloc(ncap * sizeof *s->next);
     s->mergeable = fl_malloc(ncap);
-    s->heap = fl_malloc(3 * ncap * sizeof *s->heap);
-    if (!s->start || !s->len || !s->id || !s->prev || !s->next ||
-        !s->mergeable || !s->heap)
+    if (!s->start || !s->len || !s->id || !s->prev || !s->next || !s->mergeable)
         return FL_ENOMEM;
     *cap = ncap;
     return 0;
@@ -617,8 +625,9 @@ static int encode_segment(const fl_tokenizer_t *t, symbols_t *s,
         s->prev[i] = (int32_t)i - 1;
         s->next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
     }
-    for (size_t i = 0; i + 1 < m; i++)
-        try_pair(t, s, text, (int32_t)i);
+    int rc = 0;
+    for (size_t i = 0; i + 1 < m && rc == 0; i++)
+        rc = try_pair(t, s, text, (int32_t)i);
     size_t alive = m;
     while (s->nheap > 0) {
         cand_t c = heap_pop(s->heap, &s->nheap);
@@ -634,9 +643,12 @@ static int encode_segment(const fl_tokenizer_t *t, symbols_t *s,
         if (s->next[b] >= 0)
             s->prev[s->next[b]] = a;
         alive--;
-        try_pair(t, s, text, s->prev[a]);
-        try_pair(t, s, text, a);
+        if ((rc = try_pair(t, s, text, s->prev[a])) != 0 ||
+            (rc = try_pair(t, s, text, a)) != 0)
+            break;
     }
+    if (rc)
+        return rc;
     if (alive > cap - *k)
         return FL_ETOOBIG;
     for (int32_t i = m ? 0 : -1; i >= 0; i = s->next[i])
@@ -1317,7 +1329,7 @@ int fl_tokenizer_train_bpe(const fl_tokenizer_train_opts_t *o,
         tr.lens[i] = tr.offs[i + 1] - tr.offs[i];
     tr.max_len = 6;
     /* Specials and byte tokens are never looked up: not in the map. */
-    if ((rc = strmap_init(&tr.vmap, 4096)) != 0)
+    if ((rc = strmap_init(&tr.vmap, (size_t)o->vocab_size)) != 0)
         goto out;
     if ((rc = train_chars(&tr, o, text, len, &cpid)) != 0)
         goto out;
