@@ -518,12 +518,18 @@ START_TEST(test_update_pipeline)
      * tunes S. */
     update_fixture(&f, 1, 100);
     {
-        fl_client_train_cfg_t t0 = {.local_steps = 15, .batch_size = 4, .seq_len = 24,
-                                    .learning_rate = 3e-3f, .optimizer = FL_MODEL_ADAMW,
-                                    .grad_clip = 1.0f, .seed = 7};
+        fl_client_train_cfg_t t0 = {.local_steps = 15,
+                                    .batch_size = 4,
+                                    .seq_len = 24,
+                                    .learning_rate = 3e-3f,
+                                    .optimizer = FL_MODEL_ADAMW,
+                                    .grad_clip = 1.0f,
+                                    .seed = 7};
         uint32_t *r0 = calloc(fl_compress_value_count(f.codec), sizeof *r0);
         fl_client_update_stats_t s0;
-        ck_assert_int_eq(fl_client_update(f.global, f.data, &t0, f.codec, NULL, 5, r0, &s0), 0);
+        ck_assert_int_eq(
+            fl_client_update(f.global, f.data, &t0, f.codec, NULL, 5, r0, &s0),
+            0);
         free(r0);
         update_fixture_free(&f);
         update_fixture(&f, 1, (float)(s0.delta_norm * 1.05));
