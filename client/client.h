@@ -16,6 +16,9 @@
 #define FL_CLIENT_H
 
 #include "common/common.h"
+#include "compress/compress.h"
+#include "model/data.h"
+#include "model/model.h"
 
 #include <uv.h>
 
@@ -119,6 +122,48 @@ int fl_client_journal_append(const char *path,
  * do not parse are skipped and counted in *bad (may be NULL). */
 int fl_client_journal_read(const char *path, fl_client_journal_entry_t *out,
                            size_t max, size_t *n, size_t *bad);
+
+/* ---- a round's update
+ * ---------------------------------------------------------- Local training
+ * from the global model, then the delta encoded for the round's codec. Pure
+ * computation on borrowed inputs: it runs on a worker thread while the event
+ * loop goes on (the daemon), or on the simulator's worker pool. */
+typedef struct {
+    uint32_t local_steps; /* >= 1 */
+    uint32_t batch_size;  /* >= 1 */
+    uint32_t seq_len;     /* 1 .. the model's seq_len */
+    float learning_rate;
+    int optimizer; /* fl_model_optim_kind_t */
+    float weight_decay;
+    float momentum;  /* SGD */
+    float grad_clip; /* 0 = off */
+    uint64_t seed;   /* the round's training seed; mixed with the client's */
+} fl_client_train_cfg_t;
+
+typedef struct {
+    float loss_before;     /* mean loss on the evaluation windows, before */
+    float loss_after;      /* and after local training */
+    uint32_t num_examples; /* windows trained on */
+    double train_ms;
+    double delta_norm; /* ||delta|| before clipping */
+} fl_client_update_stats_t;
+
+/* Trains a copy of global on data's training part and encodes
+ * delta = local - global with codec into ring[fl_compress_value_count]
+ * (secure aggregation on). residual[d] (NULL: no error feedback) is added
+ * and replaced by what was not sent. client_seed makes one client's batches
+ * and rounding its own. global, data and tc are borrowed and not modified;
+ * the codec's scratch is used, so one codec serves one thread at a time. */
+int fl_client_update(const fl_model_t *global, const fl_data_t *data,
+                     const fl_client_train_cfg_t *tc, fl_compress_t *codec,
+                     float *residual, uint64_t client_seed, uint32_t *ring,
+                     fl_client_update_stats_t *st);
+
+/* Mean loss of model on up to max_windows of data's part (windows of
+ * seq_len, in order). FL_ERANGE when the part is shorter than one window. */
+int fl_client_eval(fl_model_t *model, const fl_data_t *data,
+                   fl_data_part_t part, int seq_len, size_t max_windows,
+                   double *loss);
 
 /* ---- model store
  * --------------------------------------------------------------

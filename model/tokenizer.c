@@ -32,6 +32,9 @@ struct fl_tokenizer {
     int32_t byte_id[256]; /* id of <0xXX>, or -1 */
     int32_t *slots;       /* hash: id + 1, 0 = empty */
     size_t nslots;        /* power of two */
+    /* ASCII bytes that no mergeable token holds past its first byte. */
+    uint8_t cut_before[128];
+    int lossless; /* all 256 byte tokens present */
 };
 
 /* ---- little-endian fields -------------------------------------------------
@@ -155,24 +158,24 @@ static int strmap_insert(strmap_t *m, const uint8_t *arena,
 
 /* ---- building a tokenizer from parts ----------------------------------------
  */
+static int hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* The byte of a "<0xXX>" token, or -1. */
 static int parse_byte_token(const uint8_t *s, size_t len)
 {
-    static const char hex[] = "0123456789ABCDEF";
     if (len != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>')
         return -1;
-    int v = 0;
-    for (int k = 3; k < 5; k++) {
-        int c = s[k], d = -1;
-        if (c >= 'a' && c <= 'f')
-            c -= 'a' - 'A';
-        for (int h = 0; h < 16; h++)
-            if (hex[h] == c)
-                d = h;
-        if (d < 0)
-            return -1;
-        v = v * 16 + d;
-    }
-    return v;
+    int hi = hex_digit(s[3]), lo = hex_digit(s[4]);
+    return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
 }
 
 /* Takes text, offs and scores (owned, freed on failure too) and builds
@@ -220,9 +223,22 @@ static int tokenizer_build(uint8_t *text, uint32_t *offs, float *scores, int n,
         if ((rc = strmap_insert(&m, t->text, t->offs, lens, i)) != 0)
             goto out;
     }
+    memset(t->cut_before, 1, sizeof t->cut_before);
+    for (size_t k = 0; k < m.cap; k++) {
+        if (!m.slots[k])
+            continue;
+        int32_t id = m.slots[k] - 1;
+        for (uint32_t b = t->offs[id] + 1; b < t->offs[id + 1]; b++)
+            if (t->text[b] < 0x80)
+                t->cut_before[t->text[b]] = 0;
+    }
     t->slots = m.slots;
     t->nslots = m.cap;
     m.slots = NULL;
+    t->lossless = 1;
+    for (int b = 0; b < 256; b++)
+        if (t->byte_id[b] < 0)
+            t->lossless = 0;
     t->kind = FL_TOKENIZER_BPE;
     if (n == FL_TOKENIZER_BYTE_VOCAB) {
         int plain = 1;
@@ -442,10 +458,7 @@ const uint8_t *fl_tokenizer_token(const fl_tokenizer_t *t, int id, size_t *len,
 
 int fl_tokenizer_lossless(const fl_tokenizer_t *t)
 {
-    for (int b = 0; b < 256; b++)
-        if (t->byte_id[b] < 0)
-            return 0;
-    return 1;
+    return t->lossless;
 }
 
 /* ---- encoding
@@ -516,110 +529,156 @@ typedef struct {
     uint32_t *start, *len;
     int32_t *id, *prev, *next;
     uint8_t *mergeable;
-    cand_t *heap;
-    size_t nheap;
+    cand_t *heap; /* grows on demand, up to 3 per symbol */
+    size_t nheap, capheap;
 } symbols_t;
 
-static void try_pair(const fl_tokenizer_t *t, symbols_t *s, const uint8_t *text,
-                     int32_t a)
+/* Queues the merge of symbol a with its right neighbour, if there is one. */
+static int try_pair(const fl_tokenizer_t *t, symbols_t *s, const uint8_t *text,
+                    int32_t a)
 {
     if (a < 0)
-        return;
+        return 0;
     int32_t b = s->next[a];
     if (b < 0 || !s->mergeable[a] || !s->mergeable[b])
-        return;
+        return 0;
     uint32_t span = s->len[a] + s->len[b];
     if (span > (uint32_t)t->max_len)
-        return;
+        return 0;
     int32_t id = tok_lookup(t, text + s->start[a], span);
     if (id < 0)
-        return;
+        return 0;
+    if (s->nheap == s->capheap) {
+        size_t ncap = s->capheap ? 2 * s->capheap : 256;
+        cand_t *nh = fl_realloc(s->heap, ncap * sizeof *nh);
+        if (!nh)
+            return FL_ENOMEM;
+        s->heap = nh;
+        s->capheap = ncap;
+    }
     cand_t c = {t->scores[id], s->start[a], span, a, id};
     heap_push(s->heap, &s->nheap, c);
+    return 0;
 }
 
-static int encode_bpe(const fl_tokenizer_t *t, const uint8_t *text, size_t len,
-                      int32_t *ids, size_t cap, size_t *n)
+static void symbols_free(symbols_t *s)
 {
-    int rc = FL_ENOMEM;
-    symbols_t s = {0};
+    fl_free(s->start);
+    fl_free(s->len);
+    fl_free(s->id);
+    fl_free(s->prev);
+    fl_free(s->next);
+    fl_free(s->mergeable);
+    fl_free(s->heap);
+}
+
+/* Room for a segment of len bytes (at most len symbols, 3 len candidates). */
+static int symbols_reserve(symbols_t *s, size_t *cap, size_t len)
+{
+    if (len <= *cap)
+        return 0;
+    size_t ncap = FL_MAX(len, 2 * *cap);
+    symbols_free(s);
+    memset(s, 0, sizeof *s);
+    *cap = 0;
+    s->start = fl_malloc(ncap * sizeof *s->start);
+    s->len = fl_malloc(ncap * sizeof *s->len);
+    s->id = fl_malloc(ncap * sizeof *s->id);
+    s->prev = fl_malloc(ncap * sizeof *s->prev);
+    s->next = fl_malloc(ncap * sizeof *s->next);
+    s->mergeable = fl_malloc(ncap);
+    if (!s->start || !s->len || !s->id || !s->prev || !s->next || !s->mergeable)
+        return FL_ENOMEM;
+    *cap = ncap;
+    return 0;
+}
+
+/* Encodes one segment text[0..len) into ids[*k ..], at most cap in all. */
+static int encode_segment(const fl_tokenizer_t *t, symbols_t *s,
+                          const uint8_t *text, size_t len, int32_t *ids,
+                          size_t cap, size_t *k)
+{
     size_t m = 0;
-    if (len > UINT32_MAX / 4)
-        return FL_ETOOBIG;
-    s.start = fl_malloc((len + 1) * sizeof *s.start);
-    s.len = fl_malloc((len + 1) * sizeof *s.len);
-    s.id = fl_malloc((len + 1) * sizeof *s.id);
-    s.prev = fl_malloc((len + 1) * sizeof *s.prev);
-    s.next = fl_malloc((len + 1) * sizeof *s.next);
-    s.mergeable = fl_malloc(len + 1);
-    s.heap = fl_malloc((3 * len + 1) * sizeof *s.heap);
-    if (!s.start || !s.len || !s.id || !s.prev || !s.next || !s.mergeable ||
-        !s.heap)
-        goto out;
+    s->nheap = 0;
     for (size_t i = 0; i < len;) {
         size_t cl = char_len(text + i, len - i);
         int32_t id = tok_lookup(t, text + i, cl);
         if (id >= 0) {
-            s.start[m] = (uint32_t)i;
-            s.len[m] = (uint32_t)cl;
-            s.id[m] = id;
-            s.mergeable[m++] = 1;
+            s->start[m] = (uint32_t)i;
+            s->len[m] = (uint32_t)cl;
+            s->id[m] = id;
+            s->mergeable[m++] = 1;
         } else {
-            for (size_t k = 0; k < cl; k++) {
-                id = t->byte_id[text[i + k]];
-                if (id < 0) {
-                    rc = FL_ENOTSUP;
-                    goto out;
-                }
-                s.start[m] = (uint32_t)(i + k);
-                s.len[m] = 1;
-                s.id[m] = id;
-                s.mergeable[m++] = 0;
+            for (size_t b = 0; b < cl; b++) {
+                id = t->byte_id[text[i + b]];
+                if (id < 0)
+                    return FL_ENOTSUP;
+                s->start[m] = (uint32_t)(i + b);
+                s->len[m] = 1;
+                s->id[m] = id;
+                s->mergeable[m++] = 0;
             }
         }
         i += cl;
     }
     for (size_t i = 0; i < m; i++) {
-        s.prev[i] = (int32_t)i - 1;
-        s.next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
+        s->prev[i] = (int32_t)i - 1;
+        s->next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
     }
-    for (size_t i = 0; i + 1 < m; i++)
-        try_pair(t, &s, text, (int32_t)i);
+    int rc = 0;
+    for (size_t i = 0; i + 1 < m && rc == 0; i++)
+        rc = try_pair(t, s, text, (int32_t)i);
     size_t alive = m;
-    while (s.nheap > 0) {
-        cand_t c = heap_pop(s.heap, &s.nheap);
-        int32_t a = c.left, b = s.next[a];
+    while (s->nheap > 0) {
+        cand_t c = heap_pop(s->heap, &s->nheap);
+        int32_t a = c.left, b = s->next[a];
         /* Stale unless a still starts the same span with its neighbour
          * (the same span is the same text, so the same merge). */
-        if (s.len[a] == 0 || b < 0 || s.len[a] + s.len[b] != c.span)
+        if (s->len[a] == 0 || b < 0 || s->len[a] + s->len[b] != c.span)
             continue;
-        s.id[a] = c.id;
-        s.len[a] = c.span;
-        s.len[b] = 0; /* dead */
-        s.next[a] = s.next[b];
-        if (s.next[b] >= 0)
-            s.prev[s.next[b]] = a;
+        s->id[a] = c.id;
+        s->len[a] = c.span;
+        s->len[b] = 0; /* dead */
+        s->next[a] = s->next[b];
+        if (s->next[b] >= 0)
+            s->prev[s->next[b]] = a;
         alive--;
-        try_pair(t, &s, text, s.prev[a]);
-        try_pair(t, &s, text, a);
+        if ((rc = try_pair(t, s, text, s->prev[a])) != 0 ||
+            (rc = try_pair(t, s, text, a)) != 0)
+            break;
     }
-    if (alive > cap) {
-        rc = FL_ETOOBIG;
-        goto out;
+    if (rc)
+        return rc;
+    if (alive > cap - *k)
+        return FL_ETOOBIG;
+    for (int32_t i = m ? 0 : -1; i >= 0; i = s->next[i])
+        ids[(*k)++] = s->id[i];
+    return 0;
+}
+
+/* The text is encoded in segments that start at an ASCII byte no
+ * mergeable token has past its first byte (for flotilla's vocabularies:
+ * whitespace; for Llama's: newline): no merge can cross such a point, so
+ * the result is the same as over the whole text, with small working sets. */
+static int encode_bpe(const fl_tokenizer_t *t, const uint8_t *text, size_t len,
+                      int32_t *ids, size_t cap, size_t *n)
+{
+    symbols_t s = {0};
+    size_t scap = 0, k = 0;
+    int rc = 0;
+    if (len > UINT32_MAX / 4)
+        return FL_ETOOBIG;
+    for (size_t i = 0; i < len && rc == 0;) {
+        size_t j = i + 1;
+        while (j < len && !(text[j] < 0x80 && t->cut_before[text[j]]))
+            j++;
+        rc = symbols_reserve(&s, &scap, j - i);
+        if (rc == 0)
+            rc = encode_segment(t, &s, text + i, j - i, ids, cap, &k);
+        i = j;
     }
-    size_t k = 0;
-    for (int32_t i = m ? 0 : -1; i >= 0; i = s.next[i])
-        ids[k++] = s.id[i];
-    *n = k;
-    rc = 0;
-out:
-    fl_free(s.start);
-    fl_free(s.len);
-    fl_free(s.id);
-    fl_free(s.prev);
-    fl_free(s.next);
-    fl_free(s.mergeable);
-    fl_free(s.heap);
+    symbols_free(&s);
+    *n = rc ? 0 : k;
     return rc;
 }
 
@@ -745,7 +804,7 @@ typedef struct {
 typedef struct {
     /* vocabulary being built */
     fl_buf_t text;
-    uint32_t *offs, *lens; /* [TRAIN_MAX_VOCAB + 1] */
+    uint32_t *offs, *lens; /* [vocab_size + 1] */
     float *scores;
     int n, max_len;
     strmap_t vmap;
@@ -968,33 +1027,77 @@ static int vocab_add(trainer_t *tr, const uint8_t *s, size_t len, float score)
     return 0;
 }
 
+/* Code point -> count, then code point -> id; open addressing. */
+typedef struct {
+    uint32_t *key; /* code point + 1; 0 = empty */
+    uint32_t *val;
+    size_t mask;
+} cpmap_t;
+
+static int cpmap_init(cpmap_t *m, size_t len)
+{
+    size_t distinct = FL_MIN(len, (size_t)0x110000), cap = 64;
+    while (cap < 2 * distinct + 2)
+        cap *= 2;
+    m->key = fl_calloc(cap, sizeof *m->key);
+    m->val = fl_calloc(cap, sizeof *m->val);
+    m->mask = cap - 1;
+    return m->key && m->val ? 0 : FL_ENOMEM;
+}
+
+static void cpmap_free(cpmap_t *m)
+{
+    fl_free(m->key);
+    fl_free(m->val);
+}
+
+/* The value slot of cp, inserted if absent (the table never fills: it has
+ * twice as many slots as there can be distinct code points). */
+static uint32_t *cpmap_at(cpmap_t *m, int32_t cp)
+{
+    uint32_t k = (uint32_t)cp + 1;
+    size_t i = (size_t)mix64(k) & m->mask;
+    while (m->key[i] && m->key[i] != k)
+        i = (i + 1) & m->mask;
+    m->key[i] = k;
+    return &m->val[i];
+}
+
+static uint32_t cpmap_get(const cpmap_t *m, int32_t cp)
+{
+    uint32_t k = (uint32_t)cp + 1;
+    size_t i = (size_t)mix64(k) & m->mask;
+    while (m->key[i] && m->key[i] != k)
+        i = (i + 1) & m->mask;
+    return m->key[i] ? m->val[i] : 0;
+}
+
 static int train_chars(trainer_t *tr, const fl_tokenizer_train_opts_t *o,
-                       const uint8_t *text, size_t len, uint32_t *cpid)
+                       const uint8_t *text, size_t len, cpmap_t *cpid)
 {
     cpcount_t *list = NULL;
     size_t nlist = 0;
     uint64_t total = 0;
     int rc = FL_ENOMEM;
+    /* Distinct characters are listed as first seen, so nothing scans the
+     * whole code point range. */
+    list = fl_malloc((len + 1) * sizeof *list);
+    if (!list)
+        goto out;
     for (size_t i = 0; i < len;) {
         size_t cl = char_len(text + i, len - i);
         int32_t cp = utf8_decode(text + i, cl);
         if (cp >= 0) {
-            if (cpid[cp]++ == 0)
-                nlist++;
+            if ((*cpmap_at(cpid, cp))++ == 0)
+                list[nlist++].cp = cp;
             total++;
         }
         i += cl;
     }
-    list = fl_malloc((nlist + 1) * sizeof *list);
-    if (!list)
-        goto out;
-    nlist = 0;
-    for (int32_t cp = 0; cp <= 0x10FFFF; cp++) {
-        if (cpid[cp]) {
-            list[nlist].count = cpid[cp];
-            list[nlist++].cp = cp;
-            cpid[cp] = 0;
-        }
+    for (size_t k = 0; k < nlist; k++) {
+        uint32_t *v = cpmap_at(cpid, list[k].cp);
+        list[k].count = *v;
+        *v = 0;
     }
     qsort(list, nlist, sizeof *list, cpcount_cmp);
     double want = o->char_coverage * (double)total;
@@ -1024,7 +1127,7 @@ static int train_chars(trainer_t *tr, const fl_tokenizer_train_opts_t *o,
             u[3] = (uint8_t)(0x80 | (c & 0x3F));
             ul = 4;
         }
-        cpid[c] = (uint32_t)tr->n;
+        *cpmap_at(cpid, (int32_t)c) = (uint32_t)tr->n;
         if ((rc = vocab_add(tr, u, ul, 0.0f)) != 0)
             goto out;
         cum += list[k].count;
@@ -1036,7 +1139,7 @@ out:
 }
 
 static int train_words(trainer_t *tr, const uint8_t *text, size_t len,
-                       const uint32_t *cpid, int max_len)
+                       const cpmap_t *cpid, int max_len)
 {
     int rc;
     size_t nsyms = 0;
@@ -1098,8 +1201,9 @@ static int train_words(trainer_t *tr, const uint8_t *text, size_t len,
         for (size_t i = 0; i < wl;) {
             size_t cl = char_len(s + i, wl - i);
             int32_t cp = utf8_decode(s + i, cl);
-            if (cp >= 0 && cpid[cp]) {
-                tr->syms[k++] = (int32_t)cpid[cp];
+            uint32_t id = cp >= 0 ? cpmap_get(cpid, cp) : 0;
+            if (id) {
+                tr->syms[k++] = (int32_t)id;
             } else {
                 for (size_t b = 0; b < cl; b++)
                     tr->syms[k++] = FL_TOKENIZER_BYTE0 + s[i + b];
@@ -1196,7 +1300,7 @@ int fl_tokenizer_train_bpe(const fl_tokenizer_train_opts_t *o,
                            fl_tokenizer_t **out)
 {
     trainer_t tr = {0};
-    uint32_t *cpid = NULL;
+    cpmap_t cpid = {0};
     int rc = FL_EINVAL;
     int max_len = o->max_token_len ? o->max_token_len : 64;
     size_t max_corpus =
@@ -1213,11 +1317,10 @@ int fl_tokenizer_train_bpe(const fl_tokenizer_train_opts_t *o,
     if (len > max_corpus || len >= UINT32_MAX)
         goto out;
     rc = FL_ENOMEM;
-    tr.offs = fl_malloc((TRAIN_MAX_VOCAB + 1) * sizeof *tr.offs);
-    tr.lens = fl_malloc((TRAIN_MAX_VOCAB + 1) * sizeof *tr.lens);
-    tr.scores = fl_malloc(TRAIN_MAX_VOCAB * sizeof *tr.scores);
-    cpid = fl_calloc(0x110000, sizeof *cpid);
-    if (!tr.offs || !tr.lens || !tr.scores || !cpid)
+    tr.offs = fl_malloc(((size_t)o->vocab_size + 1) * sizeof *tr.offs);
+    tr.lens = fl_malloc(((size_t)o->vocab_size + 1) * sizeof *tr.lens);
+    tr.scores = fl_malloc((size_t)o->vocab_size * sizeof *tr.scores);
+    if (!tr.offs || !tr.lens || !tr.scores || cpmap_init(&cpid, len) != 0)
         goto out;
     if ((rc = base_vocab(&tr.text, tr.offs, tr.scores)) != 0)
         goto out;
@@ -1226,11 +1329,11 @@ int fl_tokenizer_train_bpe(const fl_tokenizer_train_opts_t *o,
         tr.lens[i] = tr.offs[i + 1] - tr.offs[i];
     tr.max_len = 6;
     /* Specials and byte tokens are never looked up: not in the map. */
-    if ((rc = strmap_init(&tr.vmap, 4096)) != 0)
+    if ((rc = strmap_init(&tr.vmap, (size_t)o->vocab_size)) != 0)
         goto out;
-    if ((rc = train_chars(&tr, o, text, len, cpid)) != 0)
+    if ((rc = train_chars(&tr, o, text, len, &cpid)) != 0)
         goto out;
-    if ((rc = train_words(&tr, text, len, cpid, max_len)) != 0)
+    if ((rc = train_words(&tr, text, len, &cpid, max_len)) != 0)
         goto out;
     for (uint32_t step = 1; tr.n < o->vocab_size && tr.nheap > 0;) {
         hent_t top = heap_pop_pair(&tr);
@@ -1286,6 +1389,6 @@ out:
     fl_free(tr.pairs);
     fl_free(tr.heap);
     fl_free(tr.fresh);
-    fl_free(cpid);
+    cpmap_free(&cpid);
     return rc;
 }
