@@ -180,66 +180,86 @@ static int parse_line(char *line, uint8_t key[32], char *name, int *have,
     return 0;
 }
 
-int fl_server_enrol_load(const char *path, fl_server_enrol_t **out, char *err,
-                         size_t errlen)
+int fl_server_enrol_parse(const char *text, size_t len, const char *name,
+                          fl_server_enrol_t **out, char *err, size_t errlen)
 {
-    uint8_t *data = NULL;
-    size_t len = 0;
+    char *copy = NULL;
     fl_server_enrol_t *e = NULL;
     int rc = fl_server_enrol_new(&e);
     if (rc < 0)
         goto out;
-    rc = fl_file_read_all(path, ENROL_FILE_MAX, &data, &len);
-    if (rc == FL_ENOENT) {
-        rc = 0;
+    if (len > ENROL_FILE_MAX) {
+        snprintf(err, errlen, "%s: larger than %u bytes", name,
+                 (unsigned)ENROL_FILE_MAX);
+        rc = FL_ETOOBIG;
         goto out;
     }
-    if (rc < 0) {
-        snprintf(err, errlen, "%s: %s", path, fl_strerror(rc));
-        goto out;
-    }
-    if (memchr(data, '\0', len)) {
-        snprintf(err, errlen, "%s: contains a NUL byte", path);
+    if (memchr(text, '\0', len)) {
+        snprintf(err, errlen, "%s: contains a NUL byte", name);
         rc = FL_EFORMAT;
         goto out;
     }
-    char *p = (char *)data, *end = (char *)data + len;
+    copy = fl_malloc(len + 1);
+    if (!copy) {
+        rc = FL_ENOMEM;
+        goto out;
+    }
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    char *p = copy, *end = copy + len;
     for (int lineno = 1; p < end; lineno++) {
         char *nl = memchr(p, '\n', (size_t)(end - p));
         char *stop = nl ? nl : end;
         *stop = '\0';
         uint8_t key[FL_SERVER_KEY_LEN];
-        char name[FL_SERVER_NAME_MAX + 1];
+        char nm[FL_SERVER_NAME_MAX + 1];
         int have = 0;
         const char *why = "";
-        rc = parse_line(p, key, name, &have, &why);
+        rc = parse_line(p, key, nm, &have, &why);
         if (rc < 0) {
-            snprintf(err, errlen, "%s:%d: %s", path, lineno, why);
+            snprintf(err, errlen, "%s:%d: %s", name, lineno, why);
             goto out;
         }
         if (have) {
-            rc = fl_server_enrol_add(e, key, name);
+            rc = fl_server_enrol_add(e, key, nm);
             if (rc == FL_EEXIST) {
-                snprintf(err, errlen, "%s:%d: key enrolled twice", path,
+                snprintf(err, errlen, "%s:%d: key enrolled twice", name,
                          lineno);
                 rc = FL_EFORMAT;
+            } else if (rc < 0) {
+                snprintf(err, errlen, "%s:%d: %s", name, lineno,
+                         fl_strerror(rc));
             }
-            if (rc < 0) {
-                if (rc != FL_EFORMAT)
-                    snprintf(err, errlen, "%s:%d: %s", path, lineno,
-                             fl_strerror(rc));
+            if (rc < 0)
                 goto out;
-            }
         }
         p = stop + 1;
     }
 out:
-    fl_free(data);
+    fl_free(copy);
     if (rc < 0) {
         fl_server_enrol_free(e);
         e = NULL;
     }
     *out = e;
+    return rc;
+}
+
+int fl_server_enrol_load(const char *path, fl_server_enrol_t **out, char *err,
+                         size_t errlen)
+{
+    uint8_t *data = NULL;
+    size_t len = 0;
+    *out = NULL;
+    int rc = fl_file_read_all(path, ENROL_FILE_MAX, &data, &len);
+    if (rc == FL_ENOENT)
+        return fl_server_enrol_new(out);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s: %s", path, fl_strerror(rc));
+        return rc;
+    }
+    rc = fl_server_enrol_parse((const char *)data, len, path, out, err, errlen);
+    fl_free(data);
     return rc;
 }
 

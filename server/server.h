@@ -173,6 +173,9 @@ int fl_server_enrol_new(fl_server_enrol_t **out);
  * the whole load with FL_EFORMAT and "path:line: reason" in err. */
 int fl_server_enrol_load(const char *path, fl_server_enrol_t **out, char *err,
                          size_t errlen);
+/* The same on text in memory; name is used in errors (tests, fuzzing). */
+int fl_server_enrol_parse(const char *text, size_t len, const char *name,
+                          fl_server_enrol_t **out, char *err, size_t errlen);
 /* Writes the list atomically. */
 int fl_server_enrol_save(const fl_server_enrol_t *e, const char *path);
 void fl_server_enrol_free(fl_server_enrol_t *e);
