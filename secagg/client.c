@@ -12,6 +12,8 @@
 #include <sodium.h>
 #include <string.h>
 
+#define SLOT_BYTES (2 * FL_SECAGG_SHARE_BYTES + 32)
+
 typedef enum {
     C_NEW = 0,
     C_ADVERTISED,
@@ -31,7 +33,8 @@ typedef struct {
     uint8_t c_sk[32], s_sk[32], b[32];
     uint8_t key[32], seed[32];
     uint8_t pt[2 * FL_SECAGG_SHARE_BYTES];
-    /* then k received shares: share of b_v || share of s_sk_v */
+    /* then, per neighbour slot, the received share (share of b_v || share
+     * of s_sk_v, 80 bytes) and the key v -> me that opens it (32 bytes) */
     uint8_t recv[];
 } csecret_t;
 
@@ -99,7 +102,7 @@ int fl_secagg_client_new(const fl_secagg_round_t *round, uint32_t client_id,
     c->t = round->config->threshold;
     c->nbr = fl_calloc(c->g.k, sizeof *c->nbr);
     c->peer = fl_calloc(c->g.k, sizeof *c->peer);
-    c->sec_len = sizeof *c->sec + (size_t)c->g.k * 2 * FL_SECAGG_SHARE_BYTES;
+    c->sec_len = sizeof *c->sec + (size_t)c->g.k * SLOT_BYTES;
     c->sec = sodium_malloc(c->sec_len);
     if (c->nbr == NULL || c->peer == NULL || c->sec == NULL) {
         rc = FL_ENOMEM;
@@ -292,9 +295,11 @@ static int share_keys(fl_secagg_client_t *c,
         flotilla__encrypted_share__init(e);
         memcpy(c->sec->pt, shares + m_i * S, S);
         memcpy(c->sec->pt + S, shares + (nk + m_i) * S, S);
-        if ((rc = fl_secagg_derive_share_key(c->sec->key, c->sec->c_sk,
-                                             c->peer[s].c_pk, c->session, c->id,
-                                             to)) != 0 ||
+        /* one agreement gives the key to send and the key to receive */
+        uint8_t *rkey = c->sec->recv + (size_t)s * SLOT_BYTES + 2 * S;
+        if ((rc = sa_derive_share_keys(c->sec->key, rkey, c->sec->c_sk,
+                                       c->peer[s].c_pk, c->session, c->id,
+                                       to)) != 0 ||
             (rc = sa_share_aead_seal(ct, c->sec->key, c->session, c->round,
                                      c->id, to, c->sec->pt)) != 0)
             goto out;
@@ -357,17 +362,13 @@ static int masked_input(fl_secagg_client_t *c,
             return FL_EPROTO; /* we never shared with it */
         if (c->peer[s].has_share)
             return FL_EDUPLICATE;
-        if ((rc = fl_secagg_derive_share_key(c->sec->key, c->sec->c_sk,
-                                             c->peer[s].c_pk, c->session,
-                                             e->from, c->id)) != 0)
-            return rc;
-        rc = sa_share_aead_open(c->sec->recv + (size_t)s * 2 * S, c->sec->key,
-                                c->session, c->round, e->from, c->id,
-                                e->ciphertext.data, e->ciphertext.len);
-        sodium_memzero(c->sec->key, sizeof c->sec->key);
+        uint8_t *slot = c->sec->recv + (size_t)s * SLOT_BYTES;
+        rc = sa_share_aead_open(slot, slot + 2 * S, c->session, c->round,
+                                e->from, c->id, e->ciphertext.data,
+                                e->ciphertext.len);
         if (rc != 0)
             return rc;
-        if (sa_share_check(c->sec->recv + (size_t)s * 2 * S, 2 * S) != 0)
+        if (sa_share_check(slot, 2 * S) != 0)
             return FL_EFORMAT;
         c->peer[s].has_share = 1;
         got++;
@@ -438,6 +439,10 @@ int fl_secagg_client_masked_input(fl_secagg_client_t *c,
         sodium_memzero(c->sec->s_sk, sizeof c->sec->s_sk);
         sodium_memzero(c->sec->b, sizeof c->sec->b);
         sodium_memzero(c->sec->id_sk, sizeof c->sec->id_sk);
+        for (uint32_t s = 0; s < c->g.k; s++) /* the receive keys */
+            sodium_memzero(c->sec->recv + (size_t)s * SLOT_BYTES +
+                               2 * FL_SECAGG_SHARE_BYTES,
+                           32);
         c->phase = C_MASKED;
     }
     return fail(c, rc);
@@ -515,7 +520,7 @@ static int unmask(fl_secagg_client_t *c, const Flotilla__UnmaskingRequest *req,
             goto out;
         }
         flotilla__revealed_share__init(r);
-        const uint8_t *sh = c->sec->recv + (size_t)s * 2 * S;
+        const uint8_t *sh = c->sec->recv + (size_t)s * SLOT_BYTES;
         r->owner = c->g.ids[c->nbr[s]];
         if (c->peer[s].marked == SURVIVED) {
             r->kind = FLOTILLA__SHARE_KIND__SHARE_SELF_MASK;

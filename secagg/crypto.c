@@ -203,22 +203,13 @@ void fl_secagg_advertise_signed_bytes(
     FL_ASSERT(o == FL_SECAGG_ADVERTISE_SIGNED_BYTES);
 }
 
-/* BLAKE2b-256(key = X25519(sk, pk), label || session || be32 a || be32 b). */
-static int derive(uint8_t out[32], const char *label, size_t labellen,
-                  const uint8_t sk[32], const uint8_t pk[32],
-                  const uint8_t session[32], uint32_t a, uint32_t b)
+static void kdf(uint8_t out[32], const uint8_t shared[32], const char *label,
+                size_t labellen, const uint8_t session[32], uint32_t a,
+                uint32_t b)
 {
-    uint8_t shared[crypto_scalarmult_BYTES];
     uint8_t ids[8];
-    int rc = 0;
-    if (sa_ensure_sodium() != 0)
-        return FL_ECRYPTO;
-    if (crypto_scalarmult(shared, sk, pk) != 0) {
-        rc = FL_ECRYPTO; /* a low-order point: the result would be public */
-        goto out;
-    }
     crypto_generichash_state st;
-    crypto_generichash_init(&st, shared, sizeof shared, 32);
+    crypto_generichash_init(&st, shared, 32, 32);
     crypto_generichash_update(&st, (const uint8_t *)label, labellen);
     crypto_generichash_update(&st, session, 32);
     sa_be32(ids, a);
@@ -226,7 +217,38 @@ static int derive(uint8_t out[32], const char *label, size_t labellen,
     crypto_generichash_update(&st, ids, 8);
     crypto_generichash_final(&st, out, 32);
     sodium_memzero(&st, sizeof st);
-out:
+}
+
+/* BLAKE2b-256(key = X25519(sk, pk), label || session || be32 a || be32 b). */
+static int derive(uint8_t out[32], const char *label, size_t labellen,
+                  const uint8_t sk[32], const uint8_t pk[32],
+                  const uint8_t session[32], uint32_t a, uint32_t b)
+{
+    uint8_t shared[crypto_scalarmult_BYTES];
+    int rc = 0;
+    if (sa_ensure_sodium() != 0)
+        return FL_ECRYPTO;
+    if (crypto_scalarmult(shared, sk, pk) != 0)
+        rc = FL_ECRYPTO; /* a low-order point: the result would be public */
+    else
+        kdf(out, shared, label, labellen, session, a, b);
+    sodium_memzero(shared, sizeof shared);
+    return rc;
+}
+
+int sa_derive_share_keys(uint8_t send[32], uint8_t recv[32],
+                         const uint8_t my_sk[32], const uint8_t peer_pk[32],
+                         const uint8_t session[32], uint32_t me, uint32_t peer)
+{
+    static const char label[] = "flotilla-secagg-share-v1";
+    uint8_t shared[crypto_scalarmult_BYTES];
+    int rc = 0;
+    if (crypto_scalarmult(shared, my_sk, peer_pk) != 0) {
+        rc = FL_ECRYPTO;
+    } else {
+        kdf(send, shared, label, sizeof label - 1, session, me, peer);
+        kdf(recv, shared, label, sizeof label - 1, session, peer, me);
+    }
     sodium_memzero(shared, sizeof shared);
     return rc;
 }
@@ -375,7 +397,9 @@ static inline uint32_t bits_get_safe(const uint8_t *in, size_t inlen, size_t i,
     return (uint32_t)((w >> (bit & 7)) & ((1ull << r) - 1));
 }
 
-/* Separate loops per width so that the compiler vectorises each. */
+/* Separate loops per width so that the compiler vectorises each; restrict
+ * tells it the keystream bytes do not alias the accumulator. r = 24 reads
+ * four values from three 32-bit words. */
 #define SA_BITS_LOOP(OP)                                                       \
     do {                                                                       \
         switch (r) {                                                           \
@@ -391,11 +415,21 @@ static inline uint32_t bits_get_safe(const uint8_t *in, size_t inlen, size_t i,
             for (size_t i = 0; i < n; i++)                                     \
                 acc[i] OP in[i];                                               \
             return;                                                            \
-        case 24:                                                               \
-            for (size_t i = 0; i < n; i++)                                     \
+        case 24: {                                                             \
+            size_t i = 0;                                                      \
+            for (; i + 4 <= n; i += 4) {                                       \
+                const uint8_t *p = in + 3 * i;                                 \
+                uint32_t w0 = ld32(p), w1 = ld32(p + 4), w2 = ld32(p + 8);     \
+                acc[i] OP(w0 & 0xffffffu);                                     \
+                acc[i + 1] OP((w0 >> 24 | w1 << 8) & 0xffffffu);               \
+                acc[i + 2] OP((w1 >> 16 | w2 << 16) & 0xffffffu);              \
+                acc[i + 3] OP(w2 >> 8);                                        \
+            }                                                                  \
+            for (; i < n; i++)                                                 \
                 acc[i] OP(uint32_t)(in[3 * i] | (uint32_t)in[3 * i + 1] << 8 | \
                                     (uint32_t)in[3 * i + 2] << 16);            \
             return;                                                            \
+        }                                                                      \
         default: {                                                             \
             const uint64_t mask = (1ull << r) - 1;                             \
             size_t i = 0;                                                      \
@@ -414,15 +448,75 @@ static inline uint32_t bits_get_safe(const uint8_t *in, size_t inlen, size_t i,
         }                                                                      \
     } while (0)
 
+/* Built for AVX-512 (x86-64-v4), AVX2 and baseline x86-64, chosen at load
+ * time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SA_CLONES                                                              \
+    __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define SA_CLONES
+#endif
+
+SA_CLONES static void bits_add(uint32_t *restrict acc,
+                               const uint8_t *restrict in, size_t inlen,
+                               size_t n, unsigned r)
+{
+    SA_BITS_LOOP(+=);
+}
+
+SA_CLONES static void bits_sub(uint32_t *restrict acc,
+                               const uint8_t *restrict in, size_t inlen,
+                               size_t n, unsigned r)
+{
+    SA_BITS_LOOP(-=);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SA_HAVE_AVX2_24 1
+/* r = 24 with AVX2: 8 values from 24 bytes; the dwords are moved so that
+ * each 128-bit lane holds 12 of those bytes, then spread to 4 x 32 bits.
+ * Handles the prefix whose 32-byte loads stay inside the input; returns
+ * how many values it did. */
+__attribute__((target("avx2"))) static size_t
+bits24_avx2(uint32_t *restrict acc, const uint8_t *restrict in, size_t inlen,
+            size_t n, int negate)
+{
+    const __m256i perm = _mm256_setr_epi32(0, 1, 2, 3, 3, 4, 5, 6);
+    const __m256i shuf = _mm256_setr_epi8(
+        0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1, /* lane 0 */
+        0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+    size_t i = 0;
+    for (; i + 8 <= n && 3 * i + 32 <= inlen; i += 8) {
+        __m256i b = _mm256_loadu_si256((const __m256i *)(in + 3 * i));
+        b = _mm256_permutevar8x32_epi32(b, perm);
+        b = _mm256_shuffle_epi8(b, shuf);
+        __m256i a = _mm256_loadu_si256((const __m256i *)(acc + i));
+        a = negate ? _mm256_sub_epi32(a, b) : _mm256_add_epi32(a, b);
+        _mm256_storeu_si256((__m256i *)(acc + i), a);
+    }
+    return i;
+}
+#endif
+
 void sa_bits_add(uint32_t *acc, const uint8_t *in, size_t inlen, size_t n,
                  unsigned r, int negate)
 {
     FL_ASSERT(r >= 1 && r <= 32);
     FL_ASSERT(inlen >= (n * r + 7) / 8);
+#ifdef SA_HAVE_AVX2_24
+    if (r == 24 && __builtin_cpu_supports("avx2")) {
+        size_t done = bits24_avx2(acc, in, inlen, n, negate);
+        acc += done;
+        in += 3 * done;
+        inlen -= 3 * done;
+        n -= done;
+    }
+#endif
     if (negate)
-        SA_BITS_LOOP(-=);
+        bits_sub(acc, in, inlen, n, r);
     else
-        SA_BITS_LOOP(+=);
+        bits_add(acc, in, inlen, n, r);
 }
 
 static int prg_init(sa_prg_t *p, const uint8_t seed[32], int prg, unsigned r,

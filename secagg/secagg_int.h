@@ -87,5 +87,9 @@ int sa_share_aead_open(uint8_t pt[2 * FL_SECAGG_SHARE_BYTES],
                        uint64_t round, uint32_t from, uint32_t to,
                        const uint8_t *ct, size_t ctlen);
 int sa_ensure_sodium(void);
+/* Both directional share keys from one X25519: me->peer and peer->me. */
+int sa_derive_share_keys(uint8_t send[32], uint8_t recv[32],
+                         const uint8_t my_sk[32], const uint8_t peer_pk[32],
+                         const uint8_t session[32], uint32_t me, uint32_t peer);
 
 #endif
