@@ -51,6 +51,13 @@
  *   Labels are ASCII without a NUL. BLAKE2b-256 is crypto_generichash with
  *   a 32-byte output (keyed where a key is given).
  *
+ * Shares: a client splits b_u and s_sk_u among its neighbours that
+ * advertised keys (not itself), t-of-them; so t counts neighbours, and
+ * every survivor's b_u and every dropped client's s_sk_u must have t
+ * neighbours that answer the unmasking, else the round aborts with
+ * FL_ETHRESHOLD. A recovered s_sk is checked against the advertised s_pk
+ * (a wrong share gives FL_ECRYPTO, not a wrong sum).
+ *
  * Masks: y_u = x_u + PRG(b_u) + sum over neighbours v that shared keys of
  *   (+PRG(s_uv) if u < v, -PRG(s_uv) if u > v)   (mod 2^r).
  *

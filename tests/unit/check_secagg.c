@@ -6,6 +6,7 @@
 #include "secagg/secagg.h"
 #include "tests/unit/testutil.h"
 
+#include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,7 +448,24 @@ typedef struct {
     uint64_t seed;
     double drop[4]; /* before advertise, share keys, masked input, unmask */
     unsigned nparts;
+    int threads; /* run the unmasking parts on threads */
 } spec_t;
+
+typedef struct {
+    fl_secagg_server_t *srv;
+    unsigned part, nparts;
+    int stage; /* 0 derive, 1 unmask */
+    int rc;
+} part_job_t;
+
+static void *part_thread(void *arg)
+{
+    part_job_t *j = arg;
+    j->rc = j->stage == 0
+                ? fl_secagg_server_derive_part(j->srv, j->part, j->nparts)
+                : fl_secagg_server_unmask_part(j->srv, j->part, j->nparts);
+    return NULL;
+}
 
 typedef struct {
     fl_secagg_round_t round;
@@ -676,10 +694,30 @@ static int run_round(const spec_t *sp, int *expect_ok)
     }
     ck_assert_int_eq(rc, 0);
     unsigned K = sp->nparts ? sp->nparts : 1;
-    for (unsigned k = 0; k < K; k++) /* any order */
-        ck_assert_int_eq(fl_secagg_server_derive_part(w.srv, K - 1 - k, K), 0);
-    for (unsigned k = 0; k < K; k++)
-        ck_assert_int_eq(fl_secagg_server_unmask_part(w.srv, k, K), 0);
+    if (sp->threads) {
+        /* each stage's parts on their own threads, as a server would */
+        pthread_t th[FL_SECAGG_MAX_PARTS];
+        part_job_t jobs[FL_SECAGG_MAX_PARTS];
+        for (int stage = 0; stage < 2; stage++) {
+            for (unsigned k = 0; k < K; k++) {
+                jobs[k] = (part_job_t){w.srv, k, K, stage, -1};
+                ck_assert_int_eq(
+                    pthread_create(&th[k], NULL, part_thread, &jobs[k]), 0);
+            }
+            for (unsigned k = 0; k < K; k++) {
+                pthread_join(th[k], NULL);
+                ck_assert_int_eq(jobs[k].rc, 0);
+            }
+        }
+    } else {
+        for (unsigned k = 0; k < K; k++) /* any order */
+            ck_assert_int_eq(fl_secagg_server_derive_part(w.srv, K - 1 - k, K),
+                             0);
+        /* unmasking before every derive part is done is refused */
+        ck_assert_int_eq(fl_secagg_server_unmask_finish(w.srv), FL_ESTATE);
+        for (unsigned k = 0; k < K; k++)
+            ck_assert_int_eq(fl_secagg_server_unmask_part(w.srv, k, K), 0);
+    }
     ck_assert_int_eq(fl_secagg_server_unmask_finish(w.srv), 0);
 
     uint32_t *sum = fl_calloc(sp->dim, sizeof *sum);
@@ -752,6 +790,18 @@ START_TEST(test_round_harary_parts)
                  .drop = {0.02, 0.02, 0.1, 0.02},
                  .nparts = 3};
     int ok;
+    ck_assert_int_eq(run_round(&sp, &ok), 0);
+    ck_assert(ok);
+    /* the same on 4 threads, over more coordinates than one tile */
+    sp.threads = 1;
+    sp.nparts = 4;
+    sp.dim = 70000;
+    sp.n = 20;
+    sp.graph = FLOTILLA__GRAPH_KIND__GRAPH_COMPLETE;
+    sp.degree = 19;
+    sp.threshold = 10;
+    sp.prg = FLOTILLA__MASK_PRG__MASK_PRG_AES256_CTR;
+    sp.r = 24;
     ck_assert_int_eq(run_round(&sp, &ok), 0);
     ck_assert(ok);
 }
