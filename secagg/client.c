@@ -300,8 +300,8 @@ static int share_keys(fl_secagg_client_t *c,
         if ((rc = sa_derive_share_keys(c->sec->key, rkey, c->sec->c_sk,
                                        c->peer[s].c_pk, c->session, c->id,
                                        to)) != 0 ||
-            (rc = sa_share_aead_seal(ct, c->sec->key, c->session, c->round,
-                                     c->id, to, c->sec->pt)) != 0)
+            (rc = fl_secagg_share_seal(ct, c->sec->key, c->session, c->round,
+                                       c->id, to, c->sec->pt)) != 0)
             goto out;
         e->from = c->id;
         e->to = to;
@@ -363,9 +363,9 @@ static int masked_input(fl_secagg_client_t *c,
         if (c->peer[s].has_share)
             return FL_EDUPLICATE;
         uint8_t *slot = c->sec->recv + (size_t)s * SLOT_BYTES;
-        rc = sa_share_aead_open(slot, slot + 2 * S, c->session, c->round,
-                                e->from, c->id, e->ciphertext.data,
-                                e->ciphertext.len);
+        rc = fl_secagg_share_open(slot, slot + 2 * S, c->session, c->round,
+                                  e->from, c->id, e->ciphertext.data,
+                                  e->ciphertext.len);
         if (rc != 0)
             return rc;
         if (sa_share_check(slot, 2 * S) != 0)

@@ -294,9 +294,10 @@ static void share_ad(uint8_t ad[SA_AD_BYTES], const uint8_t session[32],
     sa_be32(ad + 44, to);
 }
 
-int sa_share_aead_seal(uint8_t ct[FL_SECAGG_CT_BYTES], const uint8_t key[32],
-                       const uint8_t session[32], uint64_t round, uint32_t from,
-                       uint32_t to, const uint8_t pt[SA_PT_BYTES])
+int fl_secagg_share_seal(uint8_t ct[FL_SECAGG_CT_BYTES], const uint8_t key[32],
+                         const uint8_t session[32], uint64_t round,
+                         uint32_t from, uint32_t to,
+                         const uint8_t pt[SA_PT_BYTES])
 {
     uint8_t ad[SA_AD_BYTES];
     const size_t nb = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES;
@@ -311,9 +312,10 @@ int sa_share_aead_seal(uint8_t ct[FL_SECAGG_CT_BYTES], const uint8_t key[32],
     return 0;
 }
 
-int sa_share_aead_open(uint8_t pt[SA_PT_BYTES], const uint8_t key[32],
-                       const uint8_t session[32], uint64_t round, uint32_t from,
-                       uint32_t to, const uint8_t *ct, size_t ctlen)
+int fl_secagg_share_open(uint8_t pt[SA_PT_BYTES], const uint8_t key[32],
+                         const uint8_t session[32], uint64_t round,
+                         uint32_t from, uint32_t to, const uint8_t *ct,
+                         size_t ctlen)
 {
     uint8_t ad[SA_AD_BYTES];
     const size_t nb = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES;

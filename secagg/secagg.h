@@ -193,6 +193,20 @@ int fl_secagg_derive_share_key(uint8_t out[FL_SECAGG_KEY_BYTES],
                                const uint8_t session[FL_SECAGG_SESSION_BYTES],
                                uint32_t from, uint32_t to);
 
+/* The EncryptedShare ciphertext: nonce (24, random) || XChaCha20-Poly1305
+ * of pt (80: share of b || share of s_sk) with AD = session || be64 round ||
+ * be32 from || be32 to || tag (16). open: FL_EFORMAT for a bad length,
+ * FL_EMAC when the tag does not verify (pt wiped). */
+int fl_secagg_share_seal(uint8_t ct[FL_SECAGG_CT_BYTES], const uint8_t key[32],
+                         const uint8_t session[FL_SECAGG_SESSION_BYTES],
+                         uint64_t round, uint32_t from, uint32_t to,
+                         const uint8_t pt[2 * FL_SECAGG_SHARE_BYTES]);
+int fl_secagg_share_open(uint8_t pt[2 * FL_SECAGG_SHARE_BYTES],
+                         const uint8_t key[32],
+                         const uint8_t session[FL_SECAGG_SESSION_BYTES],
+                         uint64_t round, uint32_t from, uint32_t to,
+                         const uint8_t *ct, size_t ctlen);
+
 /* out[i] = element i of PRG(seed), i in [0, n). prg: Flotilla__MaskPrg. */
 int fl_secagg_prg_expand(uint32_t *out, size_t n,
                          const uint8_t seed[FL_SECAGG_KEY_BYTES], int prg,

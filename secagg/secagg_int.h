@@ -78,14 +78,6 @@ void sa_bits_add(uint32_t *acc, const uint8_t *in, size_t inlen, size_t n,
 
 void sa_be32(uint8_t *p, uint32_t v);
 void sa_be64(uint8_t *p, uint64_t v);
-int sa_share_aead_seal(uint8_t ct[FL_SECAGG_CT_BYTES], const uint8_t key[32],
-                       const uint8_t session[32], uint64_t round, uint32_t from,
-                       uint32_t to,
-                       const uint8_t pt[2 * FL_SECAGG_SHARE_BYTES]);
-int sa_share_aead_open(uint8_t pt[2 * FL_SECAGG_SHARE_BYTES],
-                       const uint8_t key[32], const uint8_t session[32],
-                       uint64_t round, uint32_t from, uint32_t to,
-                       const uint8_t *ct, size_t ctlen);
 int sa_ensure_sodium(void);
 /* Both directional share keys from one X25519: me->peer and peer->me. */
 int sa_derive_share_keys(uint8_t send[32], uint8_t recv[32],

@@ -84,6 +84,40 @@ out("share_key_1_to_2", b2b(b"flotilla-secagg-share-v1" + session +
 out("share_key_2_to_1", b2b(b"flotilla-secagg-share-v1" + session +
                             struct.pack(">II", 2, 1), key=shared))
 
+# ---- the share AEAD: XChaCha20-Poly1305-IETF, built from HChaCha20 ----------
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+
+def hchacha20(key, nonce16):
+    def rotl(v, c):
+        return ((v << c) & 0xffffffff) | (v >> (32 - c))
+
+    def qr(x, a, b, c, d):
+        x[a] = (x[a] + x[b]) & 0xffffffff; x[d] = rotl(x[d] ^ x[a], 16)
+        x[c] = (x[c] + x[d]) & 0xffffffff; x[b] = rotl(x[b] ^ x[c], 12)
+        x[a] = (x[a] + x[b]) & 0xffffffff; x[d] = rotl(x[d] ^ x[a], 8)
+        x[c] = (x[c] + x[d]) & 0xffffffff; x[b] = rotl(x[b] ^ x[c], 7)
+
+    x = list(struct.unpack("<4I", b"expand 32-byte k")) + \
+        list(struct.unpack("<8I", key)) + list(struct.unpack("<4I", nonce16))
+    for _ in range(10):
+        qr(x, 0, 4, 8, 12); qr(x, 1, 5, 9, 13)
+        qr(x, 2, 6, 10, 14); qr(x, 3, 7, 11, 15)
+        qr(x, 0, 5, 10, 15); qr(x, 1, 6, 11, 12)
+        qr(x, 2, 7, 8, 13); qr(x, 3, 4, 9, 14)
+    return struct.pack("<8I", *(x[0:4] + x[12:16]))
+
+
+share_key = bytes(range(0x60, 0x80))
+share_nonce = bytes(range(0x80, 0x98))
+share_pt = bytes(range(80))
+ad = session + struct.pack(">QII", rnd, 1, 2)
+sub = hchacha20(share_key, share_nonce[:16])
+ct = ChaCha20Poly1305(sub).encrypt(b"\0" * 4 + share_nonce[16:], share_pt, ad)
+out("share_aead_key", share_key)
+out("share_aead_plaintext", share_pt)
+out("share_aead_ciphertext", share_nonce + ct)  # from 1 to 2, this session
+
 # ---- the mask PRG -----------------------------------------------------------
 
 

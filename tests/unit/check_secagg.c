@@ -163,6 +163,32 @@ START_TEST(test_kat_derivations)
         fl_secagg_derive_share_key(got, cl[2].c_sk, cl[1].c_pk, session, 2, 1),
         0);
     ck_assert_mem_eq(want, got, 32);
+    /* a share ciphertext made by the independent implementation opens
+     * with the documented associated data, and only with it */
+    uint8_t key[32], pt[80], ct[FL_SECAGG_CT_BYTES], opened[80];
+    kat_hex("share_aead_key", key, 32);
+    kat_hex("share_aead_plaintext", pt, 80);
+    kat_hex("share_aead_ciphertext", ct, sizeof ct);
+    ck_assert_int_eq(
+        fl_secagg_share_open(opened, key, session, round, 1, 2, ct, sizeof ct),
+        0);
+    ck_assert_mem_eq(opened, pt, 80);
+    ck_assert_int_eq(
+        fl_secagg_share_open(opened, key, session, round, 2, 1, ct, sizeof ct),
+        FL_EMAC);
+    ck_assert_int_eq(fl_secagg_share_open(opened, key, session, round + 1, 1, 2,
+                                          ct, sizeof ct),
+                     FL_EMAC);
+    ck_assert_int_eq(fl_secagg_share_open(opened, key, session, round, 1, 2, ct,
+                                          sizeof ct - 1),
+                     FL_EFORMAT);
+    /* and our own sealing opens back */
+    ck_assert_int_eq(fl_secagg_share_seal(ct, key, session, round, 3, 1, pt),
+                     0);
+    ck_assert_int_eq(
+        fl_secagg_share_open(opened, key, session, round, 3, 1, ct, sizeof ct),
+        0);
+    ck_assert_mem_eq(opened, pt, 80);
     /* a low-order point is refused */
     uint8_t zero[32] = {0};
     ck_assert_int_eq(
