@@ -473,6 +473,48 @@ SA_CLONES static void bits_sub(uint32_t *restrict acc,
     SA_BITS_LOOP(-=);
 }
 
+/* Any other r: groups of 8 values (r bytes) with r a compile-time
+ * constant, so every offset and shift in a group is fixed; one kernel per
+ * r and sign. Each handles the groups whose 8-byte loads stay inside the
+ * input and returns how many values it did. */
+#define SA_GROUP_KERNEL(R, NAME, OP)                                           \
+    SA_CLONES static size_t NAME##_##R(uint32_t *restrict acc,                 \
+                                       const uint8_t *restrict in,             \
+                                       size_t inlen, size_t n)                 \
+    {                                                                          \
+        const uint64_t mask = (1ull << (R)) - 1;                               \
+        size_t g = 0, ng = n / 8;                                              \
+        if (inlen >= (size_t)(R) + 8)                                          \
+            ng = FL_MIN(ng, (inlen - (R)-8) / (R) + 1);                        \
+        else                                                                   \
+            ng = 0;                                                            \
+        for (; g < ng; g++) {                                                  \
+            const uint8_t *p = in + g * (R);                                   \
+            uint32_t *a = acc + 8 * g;                                         \
+            for (unsigned j = 0; j < 8; j++)                                   \
+                a[j] OP(uint32_t)(                                             \
+                    (ld64(p + (j * (R)) / 8) >> ((j * (R)) % 8)) & mask);      \
+        }                                                                      \
+        return 8 * ng;                                                         \
+    }
+
+#define SA_FOR_R(X)                                                            \
+    X(1)                                                                       \
+    X(2) X(3) X(4) X(5) X(6) X(7) X(9) X(10) X(11) X(12) X(13) X(14) X(15)     \
+        X(17) X(18) X(19) X(20) X(21) X(22) X(23) X(25) X(26) X(27) X(28)      \
+            X(29) X(30) X(31)
+#define SA_KERNELS(R)                                                          \
+    SA_GROUP_KERNEL(R, group_add, +=)                                          \
+    SA_GROUP_KERNEL(R, group_sub, -=)
+SA_FOR_R(SA_KERNELS)
+
+typedef size_t (*sa_group_fn)(uint32_t *restrict, const uint8_t *restrict,
+                              size_t, size_t);
+#define SA_ADD_ENTRY(R) [R] = group_add_##R,
+#define SA_SUB_ENTRY(R) [R] = group_sub_##R,
+static const sa_group_fn sa_group_add[33] = {SA_FOR_R(SA_ADD_ENTRY)};
+static const sa_group_fn sa_group_sub[33] = {SA_FOR_R(SA_SUB_ENTRY)};
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define SA_HAVE_AVX2_24 1
@@ -515,6 +557,14 @@ void sa_bits_add(uint32_t *acc, const uint8_t *in, size_t inlen, size_t n,
         n -= done;
     }
 #endif
+    sa_group_fn grp = negate ? sa_group_sub[r] : sa_group_add[r];
+    if (grp != NULL) {
+        size_t done = grp(acc, in, inlen, n); /* a multiple of 8 values */
+        acc += done;
+        in += done / 8 * r;
+        inlen -= done / 8 * r;
+        n -= done;
+    }
     if (negate)
         bits_sub(acc, in, inlen, n, r);
     else
