@@ -498,11 +498,12 @@ SA_CLONES static void bits_sub(uint32_t *restrict acc,
         return 8 * ng;                                                         \
     }
 
+/* clang-format off */
 #define SA_FOR_R(X)                                                            \
-    X(1)                                                                       \
-    X(2) X(3) X(4) X(5) X(6) X(7) X(9) X(10) X(11) X(12) X(13) X(14) X(15)     \
-        X(17) X(18) X(19) X(20) X(21) X(22) X(23) X(25) X(26) X(27) X(28)      \
-            X(29) X(30) X(31)
+    X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(9) X(10) X(11) X(12) X(13) X(14)      \
+    X(15) X(17) X(18) X(19) X(20) X(21) X(22) X(23) X(25) X(26) X(27) X(28)    \
+    X(29) X(30) X(31)
+/* clang-format on */
 #define SA_KERNELS(R)                                                          \
     SA_GROUP_KERNEL(R, group_add, +=)                                          \
     SA_GROUP_KERNEL(R, group_sub, -=)
