@@ -217,10 +217,11 @@ int fl_secagg_prg_add(uint32_t *acc, size_t start, size_t n,
                       const uint8_t seed[FL_SECAGG_KEY_BYTES], int prg,
                       unsigned r, int negate);
 
-/* Shamir over GF(2^61 - 1) for secrets of up to 32 bytes... of any length:
- * a share holds ceil(len / 7) elements, 8 bytes each (share_len =
- * 8 * ceil(len / 7)). shares: nx * share_len bytes, share i for point
- * xs[i] (distinct, >= 1). Fresh coefficients from randombytes_buf. */
+/* Shamir t-of-nx over GF(2^61 - 1) for a secret of any length: it is cut
+ * into 7-byte chunks, each shared with its own polynomial, so a share holds
+ * ceil(len / 7) elements, 8 bytes each (share_len = 8 * ceil(len / 7)). shares:
+ * nx * share_len bytes, share i for point xs[i] (distinct, >= 1). Fresh
+ * coefficients from randombytes_buf. */
 int fl_secagg_shamir_split(uint8_t *shares, size_t share_len,
                            const uint8_t *secret, size_t len, uint32_t t,
                            const uint32_t *xs, size_t nx);
