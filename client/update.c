@@ -53,7 +53,7 @@ int fl_client_eval(fl_model_t *model, const fl_data_t *data,
 int fl_client_update(const fl_model_t *global, const fl_data_t *data,
                      const fl_client_train_cfg_t *tc, fl_compress_t *codec,
                      float *residual, uint64_t client_seed, uint32_t *ring,
-                     fl_client_update_stats_t *st)
+                     fl_buf_t *payload, fl_client_update_stats_t *st)
 {
     int rc = 0;
     fl_model_t *local = NULL;
@@ -128,8 +128,30 @@ int fl_client_update(const fl_model_t *global, const fl_data_t *data,
     fl_rng_t qrng;
     fl_rng_seed(&qrng,
                 fl_compress_config(codec)->quant_seed ^ fl_splitmix64(&s));
-    rc = fl_compress_encode_ring(codec, ring, delta, residual, &qrng,
-                                 &st->delta_norm);
+    if (fl_compress_config(codec)->secagg) {
+        if (!ring) {
+            rc = FL_EINVAL;
+            goto out;
+        }
+        rc = fl_compress_encode_ring(codec, ring, delta, residual, &qrng,
+                                     &st->delta_norm);
+    } else {
+        uint64_t cap = 0;
+        size_t len = 0;
+        if (!payload) {
+            rc = FL_EINVAL;
+            goto out;
+        }
+        if ((rc = fl_compress_wire_bytes(fl_compress_config(codec), d, &cap,
+                                         NULL)) < 0 ||
+            (rc = fl_buf_reserve(payload, (size_t)cap)) < 0)
+            goto out;
+        rc = fl_compress_encode_payload(
+            codec, payload->data + payload->len, payload->cap - payload->len,
+            &len, delta, residual, &qrng, &st->delta_norm);
+        if (rc == 0)
+            payload->len += len;
+    }
     if (rc < 0)
         goto out;
     st->loss_before = (float)before;

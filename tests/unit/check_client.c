@@ -527,9 +527,9 @@ START_TEST(test_update_pipeline)
                                     .seed = 7};
         uint32_t *r0 = calloc(fl_compress_value_count(f.codec), sizeof *r0);
         fl_client_update_stats_t s0;
-        ck_assert_int_eq(
-            fl_client_update(f.global, f.data, &t0, f.codec, NULL, 5, r0, &s0),
-            0);
+        ck_assert_int_eq(fl_client_update(f.global, f.data, &t0, f.codec, NULL,
+                                          5, r0, NULL, &s0),
+                         0);
         free(r0);
         update_fixture_free(&f);
         update_fixture(&f, 1, (float)(s0.delta_norm * 1.05));
@@ -548,7 +548,7 @@ START_TEST(test_update_pipeline)
     float *decoded = calloc(d, sizeof *decoded);
     fl_client_update_stats_t st, st2;
     ck_assert_int_eq(fl_client_update(f.global, f.data, &tc, f.codec, residual,
-                                      5, ring, &st),
+                                      5, ring, NULL, &st),
                      0);
     /* Local training helped on the client's own held-out text. */
     ck_assert_msg(st.loss_after < st.loss_before - 0.1, "%f -> %f",
@@ -573,21 +573,21 @@ START_TEST(test_update_pipeline)
     ck_assert_double_gt(cross / sqrt(den * dn), 0.99);
     /* The same seeds give the same ring; the global model is untouched. */
     float *res2 = calloc(d, sizeof *res2);
-    ck_assert_int_eq(
-        fl_client_update(f.global, f.data, &tc, f.codec, res2, 5, ring2, &st2),
-        0);
+    ck_assert_int_eq(fl_client_update(f.global, f.data, &tc, f.codec, res2, 5,
+                                      ring2, NULL, &st2),
+                     0);
     ck_assert_mem_eq(ring, ring2, m * sizeof *ring);
     ck_assert_float_eq(st.loss_before, st2.loss_before);
     /* Another client's seed trains on other batches. */
-    ck_assert_int_eq(
-        fl_client_update(f.global, f.data, &tc, f.codec, NULL, 6, ring2, &st2),
-        0);
+    ck_assert_int_eq(fl_client_update(f.global, f.data, &tc, f.codec, NULL, 6,
+                                      ring2, NULL, &st2),
+                     0);
     ck_assert(memcmp(ring, ring2, m * sizeof *ring) != 0);
     /* Bad configurations are refused. */
     tc.seq_len = 1000;
-    ck_assert_int_eq(
-        fl_client_update(f.global, f.data, &tc, f.codec, NULL, 5, ring2, &st2),
-        FL_EINVAL);
+    ck_assert_int_eq(fl_client_update(f.global, f.data, &tc, f.codec, NULL, 5,
+                                      ring2, NULL, &st2),
+                     FL_EINVAL);
     free(ring);
     free(ring2);
     free(residual);
