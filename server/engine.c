@@ -1,32 +1,13 @@
 /* server/engine.c — the engines seam of this build (fl_server_engine_t):
  * secure aggregation (secagg/), the codec (compress/), differential privacy
  * (server/dp.h), the server optimizer (server/optim.h), model files
- * (model/) and signed publishing (artifact/).
- *
- * While the engines are merged one by one, this file builds the real glue
- * only when every engine header is present, and otherwise a stub with which
- * a round fails cleanly at `begin` (FL_ENOTSUP, aborted as ABORT_INTERNAL)
- * while the rest of the server works. Once all engines are on main the
- * stub and the __has_include test go away. */
+ * (model/) and signed publishing (artifact/). The orchestrator (round.c)
+ * reaches them only through this table. */
 #include "server/internal.h"
 
 #include <math.h>
 #include <sodium.h>
 #include <string.h>
-
-#if defined(__has_include)
-#if __has_include("secagg/secagg.h") &&                                        \
-                  __has_include(                                               \
-                      "compress/compress.h") &&                                \
-                      __has_include(                                           \
-                          "server/dp.h") &&                                    \
-                          __has_include("server/optim.h") &&                   \
-                                        __has_include("artifact/artifact.h")
-#define FL_SERVER_HAVE_ENGINES 1
-#endif
-#endif
-
-#ifdef FL_SERVER_HAVE_ENGINES
 
 #include "artifact/artifact.h"
 #include "compress/compress.h"
@@ -611,49 +592,3 @@ void fl_server_engine_close(fl_server_t *s)
     fl_artifact_key_free(s->signing_key);
     s->signing_key = NULL;
 }
-
-#else /* !FL_SERVER_HAVE_ENGINES */
-
-static int stub_begin(void *ctx, Flotilla__RoundConfig *rc, uint32_t n,
-                      const uint8_t (*keys)[32], void **round_ctx,
-                      uint64_t *num_values)
-{
-    *round_ctx = NULL;
-    *num_values = 0;
-    return FL_ENOTSUP;
-}
-
-static int stub_handle(void *round_ctx, uint32_t sender, const fl_envelope_t *e)
-{
-    return FL_ENOTSUP;
-}
-
-static int stub_finish(void *round_ctx, fl_server_finish_t *f)
-{
-    snprintf(f->err, sizeof f->err, "the aggregation engines are not built");
-    return FL_ENOTSUP;
-}
-
-const fl_server_engine_t fl_server_engine_default = {
-    .begin = stub_begin,
-    .handle = stub_handle,
-    .finish = stub_finish,
-};
-
-int fl_server_engine_open(fl_server_t *s, char *err, size_t errlen)
-{
-    if (s->cfg.signing_key)
-        FL_WARN("this build has no aggregation engines; signing-key unused");
-    return 0;
-}
-
-int fl_server_engine_publish_initial(fl_server_t *s, char *err, size_t errlen)
-{
-    return 0;
-}
-
-void fl_server_engine_close(fl_server_t *s)
-{
-}
-
-#endif

@@ -1,17 +1,8 @@
 /* server/listen.c — the device listener: net/ connections (TLS 1.3 or plain
  * TCP) plugged into the server's peer seam. Each connection carries its
  * peer as data; frames go to fl_server_peer_frame, the close to
- * fl_server_peer_closed. Built when net/ is on main (see server/engine.c
- * for why the test on the header). */
+ * fl_server_peer_closed. */
 #include "server/internal.h"
-
-#if defined(__has_include)
-#if __has_include("net/net.h")
-#define FL_SERVER_HAVE_NET 1
-#endif
-#endif
-
-#ifdef FL_SERVER_HAVE_NET
 
 #include "net/net.h"
 
@@ -120,22 +111,3 @@ int fl_server_port(const fl_server_t *s)
 {
     return s->listener ? fl_net_server_port(s->listener) : 0;
 }
-
-#else /* !FL_SERVER_HAVE_NET */
-
-int fl_server_listen_start(fl_server_t *s, char *err, size_t errlen)
-{
-    FL_WARN("this build has no transport (net/); no device listener");
-    return 0;
-}
-
-void fl_server_listen_stop(fl_server_t *s)
-{
-}
-
-int fl_server_port(const fl_server_t *s)
-{
-    return 0;
-}
-
-#endif
