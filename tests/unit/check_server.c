@@ -3,6 +3,7 @@
  * orchestrator (driven by in-process peers and a test engine) and the
  * `flotilla server` process (SIGHUP, SIGTERM, a corrupt state). */
 #include "artifact/artifact.h"
+#include "client/client.h"
 #include "compress/compress.h"
 #include "net/net.h"
 #include "secagg/secagg.h"
@@ -2178,6 +2179,278 @@ START_TEST(test_process_tls_faults)
 }
 END_TEST
 
+/* ---- the real client agent against the real server ----------------------
+ * Devices run client/'s agent (hello, verified model download, local
+ * training on the thread pool, codec, secure aggregation) connected to the
+ * server in-process through a pair of queues, so both protocol sides as
+ * built are checked against each other over two rounds. */
+
+typedef struct qframe {
+    struct qframe *next;
+    size_t len;
+    uint8_t data[];
+} qframe_t;
+
+typedef struct {
+    fl_server_peer_t *peer;
+    fl_client_agent_t *agent;
+    qframe_t *to_server, *to_client; /* FIFO heads */
+    int close_asked, closed;
+    uv_timer_t pump;
+    int rounds_ok, rounds_failed, refused;
+    uint64_t model_version;
+} duct_t;
+
+static void duct_push(qframe_t **q, const uint8_t *p, size_t len)
+{
+    qframe_t *f = fl_malloc(sizeof *f + len);
+    ck_assert_ptr_nonnull(f);
+    f->next = NULL;
+    f->len = len;
+    memcpy(f->data, p, len);
+    while (*q)
+        q = &(*q)->next;
+    *q = f;
+}
+
+static qframe_t *duct_pop(qframe_t **q)
+{
+    qframe_t *f = *q;
+    if (f)
+        *q = f->next;
+    return f;
+}
+
+static void duct_pump(uv_timer_t *t);
+
+static void duct_kick(duct_t *d)
+{
+    if (!d->closed)
+        uv_timer_start(&d->pump, duct_pump, 0, 0);
+}
+
+static int srv_side_send(void *ctx, const uint8_t *p, size_t len)
+{
+    duct_t *d = ctx;
+    duct_push(&d->to_client, p, len);
+    duct_kick(d);
+    return 0;
+}
+
+static void srv_side_close(void *ctx)
+{
+    duct_t *d = ctx;
+    d->close_asked = 1;
+    duct_kick(d);
+}
+
+static int cli_side_send(void *io, const uint8_t *p, size_t len)
+{
+    duct_t *d = io;
+    if (d->close_asked)
+        return FL_ECLOSED;
+    duct_push(&d->to_server, p, len);
+    duct_kick(d);
+    return 0;
+}
+
+static void cli_side_close(void *io, int reason)
+{
+    duct_t *d = io;
+    d->close_asked = 1;
+    duct_kick(d);
+}
+
+static const fl_server_peer_ops_t duct_srv_ops = {srv_side_send,
+                                                  srv_side_close};
+static const fl_client_io_t duct_cli_io = {cli_side_send, cli_side_close};
+
+/* Delivers what is queued both ways; a close goes through once the frames
+ * queued before it are delivered. */
+static void duct_pump(uv_timer_t *t)
+{
+    duct_t *d = t->data;
+    for (int i = 0; i < 256 && !d->closed; i++) {
+        qframe_t *f = duct_pop(&d->to_server);
+        if (f) {
+            fl_server_peer_frame(d->peer, f->data, f->len);
+            fl_free(f);
+            continue;
+        }
+        f = duct_pop(&d->to_client);
+        if (f) {
+            fl_client_agent_on_frame(d->agent, f->data, f->len);
+            fl_free(f);
+            continue;
+        }
+        if (d->close_asked) {
+            d->closed = 1;
+            fl_server_peer_closed(d->peer);
+            fl_client_agent_disconnected(d->agent);
+        }
+        return;
+    }
+    duct_kick(d);
+}
+
+static void agent_event(void *ctx, const fl_client_event_t *ev)
+{
+    duct_t *d = ctx;
+    switch (ev->kind) {
+    case FL_CLIENT_EV_ROUND_DONE:
+        if (ev->status == 0)
+            d->rounds_ok++;
+        else
+            d->rounds_failed++;
+        break;
+    case FL_CLIENT_EV_MODEL:
+        d->model_version = ev->version;
+        break;
+    case FL_CLIENT_EV_REFUSED:
+    case FL_CLIENT_EV_MODEL_REFUSED:
+    case FL_CLIENT_EV_ERROR:
+        d->refused = 1;
+        break;
+    default:
+        break;
+    }
+}
+
+#define AG_N 3
+
+START_TEST(test_agents_two_rounds)
+{
+    fixture_t fx;
+    fake_t keys[AG_N];
+    duct_t du[AG_N];
+    fl_artifact_key_t *id[AG_N];
+    fl_data_t *data[AG_N];
+    fl_client_agent_t *ag[AG_N];
+    char err[512] = "", path[600], key[400], cdir[400];
+    const fl_cfg_table_t *t = fl_server_config_table();
+    memset(du, 0, sizeof du);
+    fixture_new(&fx, AG_N, keys, 0);
+
+    fl_artifact_key_t *sk = NULL;
+    uint8_t sign_pk[32];
+    ck_assert_int_eq(fl_artifact_key_generate(&sk), 0);
+    fl_artifact_key_public(sk, sign_pk);
+    snprintf(key, sizeof key, "%s/sign", fx.dir);
+    ck_assert_int_eq(fl_artifact_key_save(sk, key), 0);
+    fl_artifact_key_free(sk);
+    fl_model_config_t mc;
+    fl_model_config_default(&mc);
+    mc.dim = 16;
+    mc.hidden_dim = 32;
+    mc.n_layers = 1;
+    mc.n_heads = 2;
+    mc.n_kv_heads = 1;
+    mc.seq_len = 16;
+    fl_model_t *model = NULL;
+    ck_assert_int_eq(fl_model_new(&mc, &model), 0);
+    fl_model_init_weights(model, 3);
+    snprintf(path, sizeof path, "%s/init.bin", fx.dir);
+    ck_assert_int_eq(fl_model_save(model, path, 0), 0);
+    fl_model_free(model);
+
+    static const char *const kv[][2] = {
+        {"cohort", "3"},
+        {"over-selection", "1.0"},
+        {"min-clients", "3"},
+        {"rounds", "2"},
+        {"round-interval-ms", "50"},
+        {"local-steps", "2"},
+        {"batch-size", "2"},
+        {"seq-len", "16"},
+        {"noise-multiplier", "0.3"},
+        {"population", "30"},
+    };
+    for (size_t i = 0; i < FL_ARRAY_LEN(kv); i++)
+        ck_assert_int_eq(
+            fl_cfg_set(t, &fx.cfg, kv[i][0], kv[i][1], err, sizeof err), 0);
+    snprintf(err, sizeof err, "%s.key", key);
+    fl_cfg_set(t, &fx.cfg, "signing-key", err, err + 256, 256);
+    fl_cfg_set(t, &fx.cfg, "init-model", path, err, sizeof err);
+
+    /* The devices: identity keys enrolled, their own text and state. */
+    fl_tokenizer_t *tok = NULL;
+    ck_assert_int_eq(fl_tokenizer_new_bytes(&tok), 0);
+    snprintf(path, sizeof path, "%s/enrolled", fx.dir);
+    for (int i = 0; i < AG_N; i++) {
+        uint8_t pk[32];
+        ck_assert_int_eq(fl_artifact_key_generate(&id[i]), 0);
+        fl_artifact_key_public(id[i], pk);
+        ck_assert_int_eq(
+            fl_server_enrol_edit(path, pk, NULL, 1, err, sizeof err), 0);
+        char text[2048];
+        size_t n = 0;
+        for (int k = 0; k < 40; k++)
+            n += (size_t)snprintf(text + n, sizeof text - n,
+                                  "device %d says line %d of its text. ", i, k);
+        fl_data_opts_t dopts;
+        fl_data_opts_init(&dopts);
+        dopts.chunk_tokens = 64;
+        ck_assert_int_eq(fl_data_load_text(&dopts, tok, (const uint8_t *)text,
+                                           n, "local.txt", &data[i]),
+                         0);
+    }
+    fixture_start(&fx, NULL, NULL);
+    for (int i = 0; i < AG_N; i++) {
+        snprintf(cdir, sizeof cdir, "%s/device%d", fx.dir, i);
+        ck_assert_int_eq(fl_mkdir_p(cdir, 0700), 0);
+        fl_client_agent_opts_t o;
+        memset(&o, 0, sizeof o);
+        o.loop = &fx.loop;
+        o.state_dir = cdir;
+        o.identity = id[i];
+        memcpy(o.signing_pub, sign_pk, 32);
+        o.data = data[i];
+        o.seed = 100 + (uint64_t)i;
+        o.on_event = agent_event;
+        o.ctx = &du[i];
+        ck_assert_int_eq(fl_client_agent_new(&o, &ag[i]), 0);
+        du[i].agent = ag[i];
+        uv_timer_init(&fx.loop, &du[i].pump);
+        du[i].pump.data = &du[i];
+        fl_client_agent_connected(ag[i], &duct_cli_io, &du[i]);
+        ck_assert_int_eq(
+            fl_server_peer_open(fx.s, &duct_srv_ops, &du[i], &du[i].peer), 0);
+    }
+    /* rounds = 2: the server stops after the second round. */
+    RUN_UNTIL(&fx,
+              fx.s->stopping && du[0].closed && du[1].closed && du[2].closed);
+    for (int i = 0; i < AG_N; i++) {
+        ck_assert_msg(!du[i].refused, "device %d refused something", i);
+        ck_assert_msg(du[i].rounds_ok == 2,
+                      "device %d: %d rounds ok, %d failed", i, du[i].rounds_ok,
+                      du[i].rounds_failed);
+        ck_assert_uint_ge(du[i].model_version, 2); /* fetched round 1's */
+    }
+    const fl_server_state_t *st = fl_server_state(fx.s);
+    ck_assert_uint_eq(st->round, 2);
+    ck_assert_uint_eq(st->model_version, 3);
+    ck_assert(st->epsilon > 0);
+    ck_assert_uint_eq(fl_server_metrics(fx.s)->training_reports, 2 * AG_N);
+
+    for (int i = 0; i < AG_N; i++) {
+        fl_client_agent_free(ag[i]);
+        uv_close((uv_handle_t *)&du[i].pump, NULL);
+    }
+    for (int i = 0; i < 200 && uv_run(&fx.loop, UV_RUN_NOWAIT); i++)
+        usleep(1000);
+    for (int i = 0; i < AG_N; i++) {
+        fl_data_free(data[i]);
+        fl_artifact_key_free(id[i]);
+        while (du[i].to_client)
+            fl_free(duct_pop(&du[i].to_client));
+        while (du[i].to_server)
+            fl_free(duct_pop(&du[i].to_server));
+    }
+    fl_tokenizer_free(tok);
+    fixture_free(&fx, keys, 0);
+}
+END_TEST
+
 Suite *check_server_suite(void)
 {
     Suite *s = suite_create("server");
@@ -2206,6 +2479,7 @@ Suite *check_server_suite(void)
     tcase_set_timeout(ic_, 80);
     tcase_add_loop_test(ic_, test_integration_tls_round, 0, 5);
     tcase_add_test(ic_, test_crash_sigkill_resume);
+    tcase_add_test(ic_, test_agents_two_rounds);
     tcase_add_test(ic_, test_process_tls_faults);
     suite_add_tcase(s, ic_);
     return s;
