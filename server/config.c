@@ -160,8 +160,11 @@ static const fl_cfg_opt_t server_opts[] = {
     /* server optimizer */
     {"server-optimizer", FL_CFG_ENUM, OFF(server_optimizer), "fedavg", NOB,
      "fedavg|fedadam|fedyogi", NULL, "how the mean update is applied"},
-    {"server-lr", FL_CFG_DOUBLE, OFF(server_lr), "1.0", 0, 1e3, NULL, NULL,
-     "server learning rate"},
+    {"server-lr", FL_CFG_DOUBLE, OFF(server_lr), "0", 0, 1e3, NULL, NULL,
+     "server learning rate (0 = the optimizer's default: 1 for FedAvg, "
+     "0.01 for FedAdam and FedYogi)"},
+    {"server-momentum", FL_CFG_DOUBLE, OFF(server_momentum), "0", 0, 0.999,
+     NULL, NULL, "FedAvg server momentum (0 = plain FedAvg)"},
     {"server-beta1", FL_CFG_DOUBLE, OFF(server_beta1), "0.9", 0, 1, NULL, NULL,
      "FedAdam/FedYogi first-moment decay"},
     {"server-beta2", FL_CFG_DOUBLE, OFF(server_beta2), "0.99", 0, 1, NULL, NULL,

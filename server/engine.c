@@ -367,7 +367,9 @@ static int eng_finish(void *round_ctx, fl_server_finish_t *f)
     step = "server optimizer";
     fl_optim_config_t oc;
     fl_optim_config_init(&oc, (fl_optim_kind_t)c->server_optimizer);
-    oc.lr = c->server_lr;
+    if (c->server_lr > 0)
+        oc.lr = c->server_lr;
+    oc.momentum = c->server_momentum;
     oc.beta1 = c->server_beta1;
     oc.beta2 = c->server_beta2;
     oc.tau = c->server_tau;

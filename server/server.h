@@ -124,7 +124,8 @@ typedef struct {
     double grad_clip;
     /* server optimizer */
     int server_optimizer; /* fl_server_opt_kind_t */
-    double server_lr;
+    double server_lr;     /* 0 = the optimizer's default */
+    double server_momentum;
     double server_beta1;
     double server_beta2;
     double server_tau;
