@@ -84,7 +84,8 @@ static const fl_cfg_opt_t server_opts[] = {
     {"min-clients", FL_CFG_INT, OFF(min_clients), "3", 1, 100000, NULL, NULL,
      "abort a round when fewer devices survive"},
     {"population", FL_CFG_INT, OFF(population), "0", 0, 1e12, NULL, NULL,
-     "devices sampled from, for the accountant (0 = the enrolled count)"},
+     "devices sampled from: the accountant's q is invitees / population (0 = "
+     "the enrolled count)"},
     {"rounds", FL_CFG_INT, OFF(rounds), "0", 0, 1e12, NULL, NULL,
      "stop after this many completed rounds (0 = run until stopped)"},
     {"round-interval-ms", FL_CFG_INT, OFF(round_interval_ms), "10000", 0,

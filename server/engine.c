@@ -200,11 +200,15 @@ static void eng_request_done(void *round_ctx, fl_envelope_t *e)
     }
 }
 
+/* The accountant's q: the chance that a given device is in a round. Every
+ * invitee may contribute, so with over-selection it is the invitees, not
+ * the cohort, over the population. */
 static double sampling_rate(const fl_server_config_t *c, uint64_t population)
 {
-    if (population == 0 || (uint64_t)c->cohort >= population)
+    uint64_t invited = fl_server_config_invitees(c);
+    if (population == 0 || invited >= population)
         return 1.0;
-    return (double)c->cohort / (double)population;
+    return (double)invited / (double)population;
 }
 
 static int load_accountant(const fl_server_state_t *st,
