@@ -20,6 +20,17 @@ static int validate_port(const void *field, char *why, size_t whylen)
     return 0;
 }
 
+static int validate_server_name(const void *field, char *why, size_t whylen)
+{
+    const char *v;
+    memcpy(&v, field, sizeof v);
+    if (v && strlen(v) > 255) {
+        snprintf(why, whylen, "at most 255 bytes");
+        return FL_ERANGE;
+    }
+    return 0;
+}
+
 static int validate_delta(const void *field, char *why, size_t whylen)
 {
     double v;
@@ -49,7 +60,7 @@ static const fl_cfg_opt_t server_opts[] = {
     {"mtls", FL_CFG_BOOL, OFF(mtls), "false", NOB, NULL, NULL,
      "require a client certificate signed by --tls-ca"},
     {"server-name", FL_CFG_STRING, OFF(server_name), "flotilla", NOB, NULL,
-     NULL, "name sent to devices in the server hello"},
+     validate_server_name, "name sent to devices in the server hello"},
     {"idle-timeout-ms", FL_CFG_INT, OFF(idle_timeout_ms), "120000", 1000,
      86400000, NULL, NULL, "close a connection silent for this long"},
     {"max-frame", FL_CFG_INT, OFF(max_frame), "67108864", 1024, 1073741824,

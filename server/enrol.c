@@ -364,6 +364,14 @@ int fl_server_hello_check(const fl_server_enrol_t *e, const uint8_t nonce[32],
 {
     if (h->protocol_version != FL_PROTOCOL_VERSION)
         return FLOTILLA__ABORT_REASON__ABORT_VERSION;
+    /* docs/PROTOCOL.md §3: at most 32 capabilities of at most 32 bytes, a
+     * client version of at most 64. */
+    if (h->n_capabilities > 32 ||
+        (h->client_version && strlen(h->client_version) > 64))
+        return FLOTILLA__ABORT_REASON__ABORT_PROTOCOL;
+    for (size_t i = 0; i < h->n_capabilities; i++)
+        if (strlen(h->capabilities[i]) > 32)
+            return FLOTILLA__ABORT_REASON__ABORT_PROTOCOL;
     if (h->identity_key.len != FL_SERVER_KEY_LEN ||
         h->signature.len != crypto_sign_BYTES)
         return FLOTILLA__ABORT_REASON__ABORT_BAD_SIGNATURE;

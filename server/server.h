@@ -202,8 +202,9 @@ int fl_server_enrol_edit(const char *path, const uint8_t key[32],
 
 /* Checks a ClientHello against the server's nonce and the list. Returns 0,
  * or the AbortReason to send: FLOTILLA__ABORT_REASON__ABORT_VERSION,
- * ..._NOT_ENROLLED or ..._BAD_SIGNATURE (malformed fields count as a bad
- * signature). */
+ * ..._PROTOCOL (capabilities or client version over the protocol's limits),
+ * ..._NOT_ENROLLED or ..._BAD_SIGNATURE (a key or signature of the wrong
+ * length counts as a bad signature). */
 int fl_server_hello_check(const fl_server_enrol_t *e, const uint8_t nonce[32],
                           const Flotilla__ClientHello *h);
 /* The bytes a client signs (for clients and tests): "flotilla-hello-v1" ||

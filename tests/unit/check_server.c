@@ -416,6 +416,21 @@ START_TEST(test_hello_check)
     h.protocol_version = 2;
     ck_assert_int_eq(fl_server_hello_check(e, nonce, &h),
                      FLOTILLA__ABORT_REASON__ABORT_VERSION);
+    /* Fields over the protocol's limits. */
+    sign_hello(&h, sig, pk, sk, nonce);
+    char *caps[33];
+    for (int i = 0; i < 33; i++)
+        caps[i] = "aes";
+    h.capabilities = caps;
+    h.n_capabilities = 32;
+    ck_assert_int_eq(fl_server_hello_check(e, nonce, &h), 0);
+    h.n_capabilities = 33;
+    ck_assert_int_eq(fl_server_hello_check(e, nonce, &h),
+                     FLOTILLA__ABORT_REASON__ABORT_PROTOCOL);
+    caps[0] = "a-capability-name-longer-than-32-bytes";
+    h.n_capabilities = 1;
+    ck_assert_int_eq(fl_server_hello_check(e, nonce, &h),
+                     FLOTILLA__ABORT_REASON__ABORT_PROTOCOL);
     fl_server_enrol_free(e);
 }
 END_TEST
