@@ -436,7 +436,18 @@ static int eng_budget(void *ctx, const fl_server_config_t *c,
     return rc;
 }
 
+static int eng_ready(void *ctx, char *why, size_t whylen)
+{
+    fl_server_t *s = ctx;
+    if (!s->signing_key) {
+        snprintf(why, whylen, "no signing-key to publish model versions with");
+        return FL_ECONFIG;
+    }
+    return 0;
+}
+
 const fl_server_engine_t fl_server_engine_default = {
+    .ready = eng_ready,
     .begin = eng_begin,
     .handle = eng_handle,
     .close = eng_close,
@@ -546,9 +557,7 @@ out:
 int fl_server_engine_open(fl_server_t *s, char *err, size_t errlen)
 {
     if (!s->cfg.signing_key) {
-        FL_WARN("no signing-key: models cannot be published, rounds will "
-                "not run");
-        return 0;
+        return 0; /* eng_ready says why rounds wait */
     }
     int rc = fl_artifact_key_load(s->cfg.signing_key, &s->signing_key);
     if (rc < 0) {
