@@ -11,6 +11,15 @@
  *   - fl_server_t, the daemon on a libuv loop: rounds, peers, the metrics
  *     endpoint, signals.
  *
+ * The daemon's files (server/*.c): config.c (the option table), enrol.c
+ * (allow-list, hello check), state.c (checkpoint), metrics.c and http.c
+ * (the /metrics endpoint), server.c (life cycle, peers, signals),
+ * listen.c (net/ connections as peers), serve.c (manifest and chunks),
+ * round.c (the round orchestrator) and engine.c (the glue to secagg/,
+ * compress/, dp, optim, artifact/ and model/). Run by `flotilla server`
+ * (cli/cmd_server.c); every option is explained in
+ * deploy/server.example.ini.
+ *
  * Peers reach the server through a small seam (fl_server_peer_*): whoever
  * owns a connection (net/ in the daemon, the simulator or a test
  * in-process) hands decoded frames in and gets frames out through
@@ -309,17 +318,21 @@ typedef struct {
 
 typedef struct fl_server fl_server_t;
 
-/* Opens the state directory (creating it), loads the enrolment list and
- * the state (a corrupt state file fails here with a clear err), and
- * prepares the server on loop. cfg is copied. *out returned owned. */
+/* Opens the state directory (creating it), loads the enrolment list, the
+ * state (a corrupt state file fails here with a clear err), the signing
+ * key and the global model (the current version, verified, or init-model,
+ * then published as version 1), and prepares the server on loop. cfg is
+ * copied. *out returned owned. */
 int fl_server_new(uv_loop_t *loop, const fl_server_config_t *cfg,
                   fl_server_t **out, char *err, size_t errlen);
-/* Binds the metrics endpoint and the device listener (once net/ provides
- * it), installs SIGTERM/SIGINT/SIGHUP handlers and arms the round timer. */
+/* Binds the metrics endpoint and the device listener, installs
+ * SIGTERM/SIGINT/SIGHUP handlers and arms the round timer. */
 int fl_server_start(fl_server_t *s, char *err, size_t errlen);
-/* Ends the current round cleanly (aborting it, with RoundResult and Abort
- * to its participants), saves the state and closes every handle; the loop
- * then runs out. Safe to call more than once. */
+/* Ends the current round cleanly (aborting it, with Abort and RoundResult
+ * to its participants; a round already finishing on the thread pool is
+ * let finish), saves the state, closes the peers (their last frames are
+ * flushed, 2 s at most) and every handle; the loop then runs out. Safe to
+ * call more than once; must be called before fl_server_free. */
 void fl_server_stop(fl_server_t *s);
 /* Re-reads the enrolment list; on a bad file the old list stays. */
 int fl_server_reload_enrolment(fl_server_t *s);
