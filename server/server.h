@@ -11,7 +11,7 @@
  *   - fl_server_t, the daemon on a libuv loop: rounds, peers, the metrics
  *     endpoint, signals.
  *
- * The daemon's files (server/*.c): config.c (the option table), enrol.c
+ * The daemon's files in server/: config.c (the option table), enrol.c
  * (allow-list, hello check), state.c (checkpoint), metrics.c and http.c
  * (the /metrics endpoint), server.c (life cycle, peers, signals),
  * listen.c (net/ connections as peers), serve.c (manifest and chunks),
