@@ -121,9 +121,17 @@ depcheck:
 format:
 	$(Q)clang-format -i $$(git ls-files --cached --others --exclude-standard '*.c' '*.h')
 
+# The binary, the man page, example configurations, systemd units and docs.
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
 install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(PREFIX)/share/doc/flotilla/examples $(DESTDIR)$(SYSTEMD_UNIT_DIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/flotilla
+	install -m 0644 docs/man/flotilla.1 $(DESTDIR)$(PREFIX)/share/man/man1/flotilla.1
+	install -m 0644 deploy/*.example.ini $(DESTDIR)$(PREFIX)/share/doc/flotilla/examples/
+	install -m 0755 deploy/make-ca.sh $(DESTDIR)$(PREFIX)/share/doc/flotilla/examples/
+	install -m 0644 deploy/systemd/*.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/
+	install -m 0644 README.md $$(ls docs/*.md) $(DESTDIR)$(PREFIX)/share/doc/flotilla/
 
 clean:
 	rm -rf build
