@@ -5,7 +5,35 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
+
+/* exp(x) for the softmaxes and SiLU: plain float arithmetic that the
+ * compiler can vectorise (libm's expf is a call per element). Range
+ * reduction x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor polynomial for
+ * e^r, 2^n through the exponent bits. Relative error below 2e-7 for
+ * x in [-87, 88]; inputs are clamped to that range (exp(-87) ~ 1.6e-38,
+ * far below anything a softmax or a sigmoid can resolve). */
+static inline float fast_expf(float x)
+{
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: round to nearest */
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float t = x * 1.44269504088896341f + shifter;
+    float n = t - shifter;
+    float r = x - n * 0.693359375f; /* ln2 split in two for accuracy */
+    r = r - n * -2.12194440e-4f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
 
 /* ---- matmul -------------------------------------------------------------- */
 
@@ -148,9 +176,9 @@ void fl_model__rope(float *x, const float *cos_t, const float *sin_t, int B,
 
 /* ---- causal attention ---------------------------------------------------- */
 
-void fl_model__attention_fwd(float *out, float *att, const float *q,
-                             const float *k, const float *v, int B, int T,
-                             int nh, int nkv, int hs)
+static void attention_fwd_ref(float *out, float *att, const float *q,
+                              const float *k, const float *v, int B, int T,
+                              int nh, int nkv, int hs)
 {
     int C = nh * hs, KC = nkv * hs, grp = nh / nkv;
     float scale = 1.0f / sqrtf((float)hs);
@@ -174,7 +202,7 @@ void fl_model__attention_fwd(float *out, float *att, const float *q,
                 }
                 float sum = 0.0f;
                 for (int s = 0; s <= t; s++) {
-                    a[s] = expf(a[s] - mx);
+                    a[s] = fast_expf(a[s] - mx);
                     sum += a[s];
                 }
                 float inv = 1.0f / sum;
@@ -198,10 +226,10 @@ void fl_model__attention_fwd(float *out, float *att, const float *q,
 /* o_t = sum_s p_ts v_s, p_t = softmax(scale * q_t . k_s):
  * dv_s += p_ts do_t; dp_ts = do_t . v_s; ds_ts = p_ts (dp_ts - sum p dp);
  * dq_t += scale ds_ts k_s; dk_s += scale ds_ts q_t. */
-void fl_model__attention_bwd(float *dq, float *dk, float *dv, const float *dout,
-                             const float *att, const float *q, const float *k,
-                             const float *v, int B, int T, int nh, int nkv,
-                             int hs)
+static void attention_bwd_ref(float *dq, float *dk, float *dv,
+                              const float *dout, const float *att,
+                              const float *q, const float *k, const float *v,
+                              int B, int T, int nh, int nkv, int hs)
 {
     int C = nh * hs, KC = nkv * hs, grp = nh / nkv;
     float scale = 1.0f / sqrtf((float)hs);
@@ -245,14 +273,121 @@ void fl_model__attention_bwd(float *dq, float *dk, float *dv, const float *dout,
     }
 }
 
+/* The same with sgemm per (batch, head): S = Q K^T computed in full (the
+ * masked upper triangle is wasted work, still far cheaper than scalar
+ * loops), causal softmax row by row, O = P V. */
+static void attention_fwd_blas(float *out, float *att, const float *q,
+                               const float *k, const float *v, int B, int T,
+                               int nh, int nkv, int hs)
+{
+    int C = nh * hs, KC = nkv * hs, grp = nh / nkv;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < nh; h++) {
+            int kh = h / grp;
+            const float *qh = q + (size_t)b * T * C + (size_t)h * hs;
+            const float *kb = k + (size_t)b * T * KC + (size_t)kh * hs;
+            const float *vb = v + (size_t)b * T * KC + (size_t)kh * hs;
+            float *a = att + ((size_t)b * nh + h) * T * T;
+            /* a [T, T] = scale * q_h [T, hs] @ k_h [T, hs]^T */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs,
+                        scale, qh, C, kb, KC, 0.0f, a, T);
+            for (int t = 0; t < T; t++) {
+                float *row = a + (size_t)t * T;
+                float mx = row[0];
+                for (int s = 1; s <= t; s++)
+                    mx = row[s] > mx ? row[s] : mx;
+                float sum = 0.0f;
+                for (int s = 0; s <= t; s++) {
+                    row[s] = fast_expf(row[s] - mx);
+                    sum += row[s];
+                }
+                float inv = 1.0f / sum;
+                for (int s = 0; s <= t; s++)
+                    row[s] *= inv;
+                for (int s = t + 1; s < T; s++)
+                    row[s] = 0.0f;
+            }
+            /* out_h [T, hs] = a [T, T] @ v_h [T, hs] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T,
+                        1.0f, a, T, vb, KC, 0.0f,
+                        out + (size_t)b * T * C + (size_t)h * hs, C);
+        }
+    }
+}
+
+static void attention_bwd_blas(float *dq, float *dk, float *dv, float *dp,
+                               const float *dout, const float *att,
+                               const float *q, const float *k, const float *v,
+                               int B, int T, int nh, int nkv, int hs)
+{
+    int C = nh * hs, KC = nkv * hs, grp = nh / nkv;
+    float scale = 1.0f / sqrtf((float)hs);
+    memset(dk, 0, (size_t)B * T * KC * sizeof *dk);
+    memset(dv, 0, (size_t)B * T * KC * sizeof *dv);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < nh; h++) {
+            int kh = h / grp;
+            size_t qo = (size_t)b * T * C + (size_t)h * hs;
+            size_t ko = (size_t)b * T * KC + (size_t)kh * hs;
+            const float *a = att + ((size_t)b * nh + h) * T * T;
+            /* dv_h [T, hs] += a^T @ do_h */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f,
+                        a, T, dout + qo, C, 1.0f, dv + ko, KC);
+            /* dp [T, T] = do_h @ v_h^T */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f,
+                        dout + qo, C, v + ko, KC, 0.0f, dp, T);
+            /* ds = scale * a * (dp - sum_s a dp), in place in dp */
+            for (int t = 0; t < T; t++) {
+                const float *ar = a + (size_t)t * T;
+                float *dr = dp + (size_t)t * T;
+                float pdp = 0.0f;
+                for (int s = 0; s <= t; s++)
+                    pdp += ar[s] * dr[s];
+                for (int s = 0; s <= t; s++)
+                    dr[s] = scale * ar[s] * (dr[s] - pdp);
+                for (int s = t + 1; s < T; s++)
+                    dr[s] = 0.0f;
+            }
+            /* dq_h [T, hs] = ds @ k_h; dk_h += ds^T @ q_h */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T,
+                        1.0f, dp, T, k + ko, KC, 0.0f, dq + qo, C);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f,
+                        dp, T, q + qo, C, 1.0f, dk + ko, KC);
+        }
+    }
+}
+
+void fl_model__attention_fwd(float *out, float *att, const float *q,
+                             const float *k, const float *v, int B, int T,
+                             int nh, int nkv, int hs, int blas)
+{
+    if (blas)
+        attention_fwd_blas(out, att, q, k, v, B, T, nh, nkv, hs);
+    else
+        attention_fwd_ref(out, att, q, k, v, B, T, nh, nkv, hs);
+}
+
+void fl_model__attention_bwd(float *dq, float *dk, float *dv, float *scratch,
+                             const float *dout, const float *att,
+                             const float *q, const float *k, const float *v,
+                             int B, int T, int nh, int nkv, int hs, int blas)
+{
+    if (blas)
+        attention_bwd_blas(dq, dk, dv, scratch, dout, att, q, k, v, B, T, nh,
+                           nkv, hs);
+    else
+        attention_bwd_ref(dq, dk, dv, dout, att, q, k, v, B, T, nh, nkv, hs);
+}
+
 /* ---- SwiGLU -------------------------------------------------------------- */
 
-void fl_model__swiglu_fwd(float *out, const float *h1, const float *h3,
-                          size_t n)
+void fl_model__swiglu_fwd(float *restrict out, const float *restrict h1,
+                          const float *restrict h3, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         float x = h1[i];
-        float sig = 1.0f / (1.0f + expf(-x));
+        float sig = 1.0f / (1.0f + fast_expf(-x));
         out[i] = x * sig * h3[i];
     }
 }
@@ -262,7 +397,7 @@ void fl_model__swiglu_bwd(float *dh1, float *dh3, const float *dout,
 {
     for (size_t i = 0; i < n; i++) {
         float x = h1[i];
-        float sig = 1.0f / (1.0f + expf(-x));
+        float sig = 1.0f / (1.0f + fast_expf(-x));
         float silu = x * sig;
         dh3[i] = dout[i] * silu;
         dh1[i] = dout[i] * h3[i] * sig * (1.0f + x * (1.0f - sig));
@@ -285,7 +420,7 @@ double fl_model__xent_fwd(float *probs, const float *logits,
                 mx = z[i];
         double sum = 0.0;
         for (int i = 0; i < V; i++) {
-            p[i] = expf(z[i] - mx);
+            p[i] = fast_expf(z[i] - mx);
             sum += p[i];
         }
         float inv = (float)(1.0 / sum);

@@ -44,12 +44,13 @@ void fl_model__rope(float *x, const float *cos_t, const float *sin_t, int B,
  * (upper triangle zero); out [B, T, nh*hs]. */
 void fl_model__attention_fwd(float *out, float *att, const float *q,
                              const float *k, const float *v, int B, int T,
-                             int nh, int nkv, int hs);
-/* dq (=), dk (=), dv (=) from dout [B, T, nh*hs]. */
-void fl_model__attention_bwd(float *dq, float *dk, float *dv, const float *dout,
-                             const float *att, const float *q, const float *k,
-                             const float *v, int B, int T, int nh, int nkv,
-                             int hs);
+                             int nh, int nkv, int hs, int blas);
+/* dq (=), dk (=), dv (=) from dout [B, T, nh*hs]; scratch [T, T]. blas:
+ * sgemm per head, else the naive loops. */
+void fl_model__attention_bwd(float *dq, float *dk, float *dv, float *scratch,
+                             const float *dout, const float *att,
+                             const float *q, const float *k, const float *v,
+                             int B, int T, int nh, int nkv, int hs, int blas);
 
 /* out [n] = silu(h1) * h3. */
 void fl_model__swiglu_fwd(float *out, const float *h1, const float *h3,

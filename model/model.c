@@ -21,7 +21,7 @@ void fl_model_config_default(fl_model_config_t *cfg)
     cfg->n_layers = 4;
     cfg->n_heads = 4;
     cfg->n_kv_heads = 2;
-    cfg->vocab_size = 256;
+    cfg->vocab_size = 259;
     cfg->seq_len = 128;
     cfg->tied_output = 1;
     cfg->lora_rank = 0;
@@ -533,6 +533,7 @@ static size_t act_layout(const fl_model_config_t *c, int B, int T, float *base,
         {&a->dh3, N * H},
         {&a->dlogits, N * V},
         {&a->dlh, N * r},
+        {&a->datt, (size_t)T * T},
     };
     size_t total = 0;
     for (size_t i = 0; i < FL_ARRAY_LEN(t); i++) {
@@ -675,7 +676,8 @@ int fl_model_forward(fl_model_t *m, const int32_t *tokens,
         proj_fwd(m, l, FL_MODEL_WV, v, xn1, (int)N, 0);
         fl_model__rope(q, m->rope_cos, m->rope_sin, B, T, nh, hs, 0);
         fl_model__rope(k, m->rope_cos, m->rope_sin, B, T, nkv, hs, 0);
-        fl_model__attention_fwd(atty, att, q, k, v, B, T, nh, nkv, hs);
+        fl_model__attention_fwd(atty, att, q, k, v, B, T, nh, nkv, hs,
+                                m->use_blas);
         memcpy(xm, x, N * C * sizeof(float));
         proj_fwd(m, l, FL_MODEL_WO, xm, atty, (int)N, 1);
 
@@ -768,8 +770,8 @@ int fl_model_backward(fl_model_t *m)
         /* attention: xm = x + WO(attn(rope(WQ xn1), rope(WK xn1), WV xn1)) */
         memset(a->datty, 0, N * C * sizeof(float));
         proj_bwd(m, l, FL_MODEL_WO, a->datty, a->dres, atty, (int)N);
-        fl_model__attention_bwd(a->dq, a->dk, a->dv, a->datty, att, q, k, v, B,
-                                T, nh, nkv, hs);
+        fl_model__attention_bwd(a->dq, a->dk, a->dv, a->datt, a->datty, att, q,
+                                k, v, B, T, nh, nkv, hs, m->use_blas);
         fl_model__rope(a->dq, m->rope_cos, m->rope_sin, B, T, nh, hs, 1);
         fl_model__rope(a->dk, m->rope_cos, m->rope_sin, B, T, nkv, hs, 1);
         memset(a->dxn, 0, N * C * sizeof(float));

@@ -35,6 +35,7 @@ typedef struct {
     float *dhg, *dh1, *dh3;         /* [N, H] */
     float *dlogits;                 /* [N, V] */
     float *dlh;                     /* [N, r] */
+    float *datt;                    /* [T, T] attention backward scratch */
 } fl_model_acts_t;
 
 struct fl_model {

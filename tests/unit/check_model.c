@@ -74,7 +74,7 @@ static double fd_objective(fd_ctx_t *c)
         break;
     case L_ATTN:
         fl_model__attention_fwd(c->out, c->aux, c->x, c->y, c->z, FB, FT, FNH,
-                                FNKV, FHS);
+                                FNKV, FHS, c->blas);
         n = FB * FT * FC;
         break;
     case L_SWIGLU:
@@ -173,10 +173,12 @@ START_TEST(test_fd_attention)
 {
     static fd_ctx_t c;
     fd_setup(&c, L_ATTN, 40);
+    c.blas = _i;
     static float dq[FB * FT * FC], dk[FB * FT * FKV], dv[FB * FT * FKV];
+    float scratch[FT * FT];
     fd_objective(&c);
-    fl_model__attention_bwd(dq, dk, dv, c.wts, c.aux, c.x, c.y, c.z, FB, FT,
-                            FNH, FNKV, FHS);
+    fl_model__attention_bwd(dq, dk, dv, scratch, c.wts, c.aux, c.x, c.y, c.z,
+                            FB, FT, FNH, FNKV, FHS, c.blas);
     ck_assert_double_lt(fd_compare(&c, c.x, dq, FB * FT * FC), 1e-2);
     ck_assert_double_lt(fd_compare(&c, c.y, dk, FB * FT * FKV), 1e-2);
     ck_assert_double_lt(fd_compare(&c, c.z, dv, FB * FT * FKV), 1e-2);
@@ -647,7 +649,7 @@ START_TEST(test_config_and_args)
     fl_model_free(NULL);
 
     ck_assert_int_eq(fl_model_new(&c, &m), 0);
-    int32_t tok[4] = {1, 2, 256, 3}, tgt[4] = {1, 2, 3, 4};
+    int32_t tok[4] = {1, 2, c.vocab_size, 3}, tgt[4] = {1, 2, 3, 4};
     ck_assert_int_eq(fl_model_forward(m, tok, tgt, 1, 4, NULL), FL_ERANGE);
     ck_assert_int_eq(fl_model_backward(m), FL_ESTATE);
     tok[2] = 7;
@@ -858,7 +860,7 @@ Suite *check_model_suite(void)
     tcase_add_test(tc, test_fd_matmul);
     tcase_add_test(tc, test_fd_rmsnorm);
     tcase_add_test(tc, test_fd_rope);
-    tcase_add_test(tc, test_fd_attention);
+    tcase_add_loop_test(tc, test_fd_attention, 0, 2);
     tcase_add_test(tc, test_fd_swiglu);
     tcase_add_test(tc, test_fd_cross_entropy);
     tcase_add_loop_test(tc, test_fd_whole_model, 0, 2);
