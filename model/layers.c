@@ -13,11 +13,13 @@
  * reduction x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor polynomial for
  * e^r, 2^n through the exponent bits. Relative error below 2e-7 for
  * x in [-87, 88]; inputs are clamped to that range (exp(-87) ~ 1.6e-38,
- * far below anything a softmax or a sigmoid can resolve). */
+ * far below anything a softmax or a sigmoid can resolve); NaN gives
+ * exp(-87), so a poisoned input never reaches an undefined conversion. */
 static inline float fast_expf(float x)
 {
     const float shifter = 12582912.0f; /* 1.5 * 2^23: round to nearest */
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    x = x > -87.0f ? x : -87.0f;       /* also maps NaN to -87 */
+    x = x < 88.0f ? x : 88.0f;
     float t = x * 1.44269504088896341f + shifter;
     float n = t - shifter;
     float r = x - n * 0.693359375f; /* ln2 split in two for accuracy */
