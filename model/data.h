@@ -5,9 +5,9 @@
  * Files: the regular files directly inside the directory, sorted by name
  * (strcmp). Symbolic links, sub-directories, hidden files (".name"), and
  * the index files of the fortunes package ("*.dat", and "*.u8", which are
- * symbolic links anyway) are skipped; so is any file with a NUL byte in it
- * (not text). Text is taken as bytes: invalid UTF-8 goes through the
- * tokenizer's byte fallback, nothing is dropped.
+ * symbolic links anyway) are skipped. When files are read, any file with
+ * a NUL byte in it (not text) is skipped too. Text is taken as bytes: invalid
+ * UTF-8 goes through the tokenizer's byte fallback, nothing is dropped.
  *
  * Token stream: each file is encoded on its own and starts with BOS.
  *

@@ -32,6 +32,8 @@ struct fl_tokenizer {
     int32_t byte_id[256]; /* id of <0xXX>, or -1 */
     int32_t *slots;       /* hash: id + 1, 0 = empty */
     size_t nslots;        /* power of two */
+    /* ASCII bytes that no mergeable token holds past its first byte. */
+    uint8_t cut_before[128];
 };
 
 /* ---- little-endian fields -------------------------------------------------
@@ -219,6 +221,15 @@ static int tokenizer_build(uint8_t *text, uint32_t *offs, float *scores, int n,
             continue; /* a duplicate: the lower id keeps the text */
         if ((rc = strmap_insert(&m, t->text, t->offs, lens, i)) != 0)
             goto out;
+    }
+    memset(t->cut_before, 1, sizeof t->cut_before);
+    for (size_t k = 0; k < m.cap; k++) {
+        if (!m.slots[k])
+            continue;
+        int32_t id = m.slots[k] - 1;
+        for (uint32_t b = t->offs[id] + 1; b < t->offs[id + 1]; b++)
+            if (t->text[b] < 0x80)
+                t->cut_before[t->text[b]] = 0;
     }
     t->slots = m.slots;
     t->nslots = m.cap;
@@ -538,88 +549,122 @@ static void try_pair(const fl_tokenizer_t *t, symbols_t *s, const uint8_t *text,
     heap_push(s->heap, &s->nheap, c);
 }
 
-static int encode_bpe(const fl_tokenizer_t *t, const uint8_t *text, size_t len,
-                      int32_t *ids, size_t cap, size_t *n)
+static void symbols_free(symbols_t *s)
 {
-    int rc = FL_ENOMEM;
-    symbols_t s = {0};
+    fl_free(s->start);
+    fl_free(s->len);
+    fl_free(s->id);
+    fl_free(s->prev);
+    fl_free(s->next);
+    fl_free(s->mergeable);
+    fl_free(s->heap);
+}
+
+/* Room for a segment of len bytes (at most len symbols, 3 len candidates). */
+static int symbols_reserve(symbols_t *s, size_t *cap, size_t len)
+{
+    if (len <= *cap)
+        return 0;
+    size_t ncap = FL_MAX(len, 2 * *cap);
+    symbols_free(s);
+    memset(s, 0, sizeof *s);
+    *cap = 0;
+    s->start = fl_malloc(ncap * sizeof *s->start);
+    s->len = fl_malloc(ncap * sizeof *s->len);
+    s->id = fl_malloc(ncap * sizeof *s->id);
+    s->prev = fl_malloc(ncap * sizeof *s->prev);
+    s->next = fl_malloc(ncap * sizeof *s->next);
+    s->mergeable = fl_malloc(ncap);
+    s->heap = fl_malloc(3 * ncap * sizeof *s->heap);
+    if (!s->start || !s->len || !s->id || !s->prev || !s->next ||
+        !s->mergeable || !s->heap)
+        return FL_ENOMEM;
+    *cap = ncap;
+    return 0;
+}
+
+/* Encodes one segment text[0..len) into ids[*k ..], at most cap in all. */
+static int encode_segment(const fl_tokenizer_t *t, symbols_t *s,
+                          const uint8_t *text, size_t len, int32_t *ids,
+                          size_t cap, size_t *k)
+{
     size_t m = 0;
-    if (len > UINT32_MAX / 4)
-        return FL_ETOOBIG;
-    s.start = fl_malloc((len + 1) * sizeof *s.start);
-    s.len = fl_malloc((len + 1) * sizeof *s.len);
-    s.id = fl_malloc((len + 1) * sizeof *s.id);
-    s.prev = fl_malloc((len + 1) * sizeof *s.prev);
-    s.next = fl_malloc((len + 1) * sizeof *s.next);
-    s.mergeable = fl_malloc(len + 1);
-    s.heap = fl_malloc((3 * len + 1) * sizeof *s.heap);
-    if (!s.start || !s.len || !s.id || !s.prev || !s.next || !s.mergeable ||
-        !s.heap)
-        goto out;
+    s->nheap = 0;
     for (size_t i = 0; i < len;) {
         size_t cl = char_len(text + i, len - i);
         int32_t id = tok_lookup(t, text + i, cl);
         if (id >= 0) {
-            s.start[m] = (uint32_t)i;
-            s.len[m] = (uint32_t)cl;
-            s.id[m] = id;
-            s.mergeable[m++] = 1;
+            s->start[m] = (uint32_t)i;
+            s->len[m] = (uint32_t)cl;
+            s->id[m] = id;
+            s->mergeable[m++] = 1;
         } else {
-            for (size_t k = 0; k < cl; k++) {
-                id = t->byte_id[text[i + k]];
-                if (id < 0) {
-                    rc = FL_ENOTSUP;
-                    goto out;
-                }
-                s.start[m] = (uint32_t)(i + k);
-                s.len[m] = 1;
-                s.id[m] = id;
-                s.mergeable[m++] = 0;
+            for (size_t b = 0; b < cl; b++) {
+                id = t->byte_id[text[i + b]];
+                if (id < 0)
+                    return FL_ENOTSUP;
+                s->start[m] = (uint32_t)(i + b);
+                s->len[m] = 1;
+                s->id[m] = id;
+                s->mergeable[m++] = 0;
             }
         }
         i += cl;
     }
     for (size_t i = 0; i < m; i++) {
-        s.prev[i] = (int32_t)i - 1;
-        s.next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
+        s->prev[i] = (int32_t)i - 1;
+        s->next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
     }
     for (size_t i = 0; i + 1 < m; i++)
-        try_pair(t, &s, text, (int32_t)i);
+        try_pair(t, s, text, (int32_t)i);
     size_t alive = m;
-    while (s.nheap > 0) {
-        cand_t c = heap_pop(s.heap, &s.nheap);
-        int32_t a = c.left, b = s.next[a];
+    while (s->nheap > 0) {
+        cand_t c = heap_pop(s->heap, &s->nheap);
+        int32_t a = c.left, b = s->next[a];
         /* Stale unless a still starts the same span with its neighbour
          * (the same span is the same text, so the same merge). */
-        if (s.len[a] == 0 || b < 0 || s.len[a] + s.len[b] != c.span)
+        if (s->len[a] == 0 || b < 0 || s->len[a] + s->len[b] != c.span)
             continue;
-        s.id[a] = c.id;
-        s.len[a] = c.span;
-        s.len[b] = 0; /* dead */
-        s.next[a] = s.next[b];
-        if (s.next[b] >= 0)
-            s.prev[s.next[b]] = a;
+        s->id[a] = c.id;
+        s->len[a] = c.span;
+        s->len[b] = 0; /* dead */
+        s->next[a] = s->next[b];
+        if (s->next[b] >= 0)
+            s->prev[s->next[b]] = a;
         alive--;
-        try_pair(t, &s, text, s.prev[a]);
-        try_pair(t, &s, text, a);
+        try_pair(t, s, text, s->prev[a]);
+        try_pair(t, s, text, a);
     }
-    if (alive > cap) {
-        rc = FL_ETOOBIG;
-        goto out;
+    if (alive > cap - *k)
+        return FL_ETOOBIG;
+    for (int32_t i = m ? 0 : -1; i >= 0; i = s->next[i])
+        ids[(*k)++] = s->id[i];
+    return 0;
+}
+
+/* The text is encoded in segments that start at an ASCII byte no
+ * mergeable token has past its first byte (for flotilla's vocabularies:
+ * whitespace; for Llama's: newline): no merge can cross such a point, so
+ * the result is the same as over the whole text, with small working sets. */
+static int encode_bpe(const fl_tokenizer_t *t, const uint8_t *text, size_t len,
+                      int32_t *ids, size_t cap, size_t *n)
+{
+    symbols_t s = {0};
+    size_t scap = 0, k = 0;
+    int rc = 0;
+    if (len > UINT32_MAX / 4)
+        return FL_ETOOBIG;
+    for (size_t i = 0; i < len && rc == 0;) {
+        size_t j = i + 1;
+        while (j < len && !(text[j] < 0x80 && t->cut_before[text[j]]))
+            j++;
+        rc = symbols_reserve(&s, &scap, j - i);
+        if (rc == 0)
+            rc = encode_segment(t, &s, text + i, j - i, ids, cap, &k);
+        i = j;
     }
-    size_t k = 0;
-    for (int32_t i = m ? 0 : -1; i >= 0; i = s.next[i])
-        ids[k++] = s.id[i];
-    *n = k;
-    rc = 0;
-out:
-    fl_free(s.start);
-    fl_free(s.len);
-    fl_free(s.id);
-    fl_free(s.prev);
-    fl_free(s.next);
-    fl_free(s.mergeable);
-    fl_free(s.heap);
+    symbols_free(&s);
+    *n = rc ? 0 : k;
     return rc;
 }
 
