@@ -8,6 +8,7 @@
 #include "model/model.h"
 #include "tests/unit/testutil.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -853,6 +854,100 @@ START_TEST(test_train_beats_unigram)
 }
 END_TEST
 
+/* ---- the command line ---------------------------------------------------- */
+
+static json_t *run_json(const char *cmd, const char *outfile)
+{
+    ck_assert_msg(fl_test_system("%s > '%s'", cmd, outfile) == 0, "%s", cmd);
+    json_error_t err;
+    json_t *j = json_load_file(outfile, 0, &err);
+    ck_assert_msg(j != NULL, "%s: %s", outfile, err.text);
+    return j;
+}
+
+/* flotilla model init | train | eval on a few fortunes files: the trained
+ * model's validation loss ends well below the unigram baseline, eval
+ * agrees, and bad input is refused with the documented exit codes. */
+START_TEST(test_cli_init_train_eval)
+{
+    char dir[256], bin[512], cmd[4096], out[512];
+    fl_test_tmpdir(dir, sizeof dir);
+    fl_test_flotilla(bin, sizeof bin);
+    ck_assert_int_eq(
+        fl_test_system("mkdir '%s/data' && cd /usr/share/games/fortunes && "
+                       "cp fortunes pets '%s/data/'",
+                       dir, dir),
+        0);
+    snprintf(out, sizeof out, "%s/out.json", dir);
+    snprintf(cmd, sizeof cmd,
+             "%s model init --out '%s/m.bin' --dim 64 --hidden-dim 160 "
+             "--layers 2 --heads 4 --kv-heads 2 --seq-len 64 --json",
+             bin, dir);
+    json_t *j = run_json(cmd, out);
+    ck_assert_int_eq(json_integer_value(json_object_get(
+                         json_object_get(j, "config"), "vocab_size")),
+                     259);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "tokenizer_ref")),
+                     "byte");
+    json_decref(j);
+    /* an existing file is not overwritten without --force */
+    ck_assert_int_eq(fl_test_system("%s model init --out '%s/m.bin' "
+                                    "2>/dev/null",
+                                    bin, dir),
+                     1);
+
+    snprintf(
+        cmd, sizeof cmd,
+        "%s model train --model '%s/m.bin' --out '%s/t.bin' --data "
+        "'%s/data' --steps 150 --batch 8 --warmup 10 --lr 4e-3 --min-lr 4e-4 "
+        "--weight-decay 0.01 --eval-every 75 --eval-windows 24 --json",
+        bin, dir, dir, dir);
+    j = run_json(cmd, out);
+    double val = json_real_value(json_object_get(j, "val_loss"));
+    double uni = json_real_value(json_object_get(j, "unigram_loss"));
+    ck_assert_msg(val < uni - 0.3, "val %.3f unigram %.3f", val, uni);
+    ck_assert_uint_eq(json_array_size(json_object_get(j, "history")), 2);
+    json_decref(j);
+
+    snprintf(cmd, sizeof cmd,
+             "%s model eval --model '%s/t.bin' --data '%s/data' "
+             "--max-windows 24 --batch 8 --json",
+             bin, dir, dir);
+    j = run_json(cmd, out);
+    double ev = json_real_value(json_object_get(j, "loss"));
+    ck_assert_double_eq_tol(ev, val, 1e-3); /* the same 24 windows */
+    ck_assert_double_eq_tol(json_real_value(json_object_get(j, "perplexity")),
+                            exp(ev), 1e-6 * exp(ev));
+    json_decref(j);
+
+    /* the trained file resumes with its optimizer state */
+    fl_model_t *m = NULL;
+    snprintf(out, sizeof out, "%s/t.bin", dir);
+    ck_assert_int_eq(fl_model_load(out, &m), 0);
+    ck_assert_int_eq(fl_model_step_count(m), 150);
+    fl_model_free(m);
+
+    /* refusals: not a model (1), a bad configuration (2), missing data */
+    ck_assert_int_eq(fl_test_system("%s model eval --model '%s/data/love' "
+                                    "--data '%s/data' 2>/dev/null",
+                                    bin, dir, dir),
+                     1);
+    ck_assert_int_eq(fl_test_system("%s model init --out '%s/x.bin' "
+                                    "--heads 3 2>/dev/null",
+                                    bin, dir),
+                     2);
+    ck_assert_int_eq(fl_test_system("%s model train --model '%s/t.bin' "
+                                    "--data '%s/none' 2>/dev/null",
+                                    bin, dir, dir),
+                     1);
+    ck_assert_int_eq(fl_test_system("%s model train --model '%s/t.bin' "
+                                    "2>/dev/null",
+                                    bin, dir),
+                     2);
+    fl_test_rmtree(dir);
+}
+END_TEST
+
 Suite *check_model_suite(void)
 {
     Suite *s = suite_create("model");
@@ -881,6 +976,9 @@ Suite *check_model_suite(void)
     tc = tcase_create("file");
     tcase_add_loop_test(tc, test_modelfile_roundtrip, 0, 3);
     tcase_add_test(tc, test_modelfile_refusals);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("cli");
+    tcase_add_test(tc, test_cli_init_train_eval);
     suite_add_tcase(s, tc);
     return s;
 }
