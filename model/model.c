@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 /* ---- configuration ------------------------------------------------------- */
@@ -222,6 +223,9 @@ static float *alloc_floats(size_t n)
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
+/* Whether the OpenBLAS thread count was set (see fl_model_set_threads). */
+static atomic_int threads_set;
+
 static int rope_tables(fl_model_t *m)
 {
     int half = m->cfg.dim / m->cfg.n_heads / 2;
@@ -249,6 +253,8 @@ int fl_model_new(const fl_model_config_t *cfg, fl_model_t **out)
     *out = NULL;
     if ((rc = fl_model_config_check(cfg, NULL, 0)) < 0)
         return rc;
+    if (!atomic_exchange(&threads_set, 1))
+        openblas_set_num_threads(1);
     m = fl_calloc(1, sizeof *m);
     if (!m)
         return FL_ENOMEM;
@@ -420,6 +426,7 @@ void fl_model_set_use_blas(fl_model_t *m, int on)
 
 void fl_model_set_threads(int n)
 {
+    atomic_store(&threads_set, 1);
     openblas_set_num_threads(n < 1 ? 1 : n);
 }
 
