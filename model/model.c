@@ -693,7 +693,7 @@ int fl_model_forward(fl_model_t *m, const int32_t *tokens,
                               c->norm_eps);
         proj_fwd(m, l, FL_MODEL_W1, h1, xn2, (int)N, 0);
         proj_fwd(m, l, FL_MODEL_W3, h3, xn2, (int)N, 0);
-        fl_model__swiglu_fwd(hg, h1, h3, N * H);
+        fl_model__swiglu_fwd(hg, h1, h3, N * H, m->use_blas);
         memcpy(xo, xm, N * C * sizeof(float));
         proj_fwd(m, l, FL_MODEL_W2, xo, hg, (int)N, 1);
     }
@@ -766,7 +766,8 @@ int fl_model_backward(fl_model_t *m)
         /* MLP: x_out = xm + W2(swiglu(W1 xn2, W3 xn2)) */
         memset(a->dhg, 0, N * H * sizeof(float));
         proj_bwd(m, l, FL_MODEL_W2, a->dhg, a->dres, hg, (int)N);
-        fl_model__swiglu_bwd(a->dh1, a->dh3, a->dhg, h1, h3, N * H);
+        fl_model__swiglu_bwd(a->dh1, a->dh3, a->dhg, h1, h3, N * H,
+                             m->use_blas);
         memset(a->dxn, 0, N * C * sizeof(float));
         proj_bwd(m, l, FL_MODEL_W1, a->dxn, a->dh1, xn2, (int)N);
         proj_bwd(m, l, FL_MODEL_W3, a->dxn, a->dh3, xn2, (int)N);

@@ -186,8 +186,9 @@ void fl_model_zero_grad(fl_model_t *m);
  * (FL_ESTATE otherwise). */
 int fl_model_backward(fl_model_t *m);
 
-/* Selects the matrix-product kernels: 1 = OpenBLAS sgemm (default), 0 = the
- * naive reference loops (for tests). */
+/* Selects the kernels: 1 = the fast ones (OpenBLAS sgemm, vectorised
+ * elementwise loops; the default), 0 = the naive reference loops (for
+ * tests). */
 void fl_model_set_use_blas(fl_model_t *m, int on);
 /* Process-wide OpenBLAS thread count. flotilla uses no OpenMP, so these
  * are the only compute threads. The default is 1: unless this was called

@@ -79,7 +79,7 @@ static double fd_objective(fd_ctx_t *c)
         n = FB * FT * FC;
         break;
     case L_SWIGLU:
-        fl_model__swiglu_fwd(c->out, c->x, c->y, 20);
+        fl_model__swiglu_fwd(c->out, c->x, c->y, 20, c->blas);
         n = 20;
         break;
     case L_XENT: {
@@ -194,10 +194,41 @@ START_TEST(test_fd_swiglu)
 {
     static fd_ctx_t c;
     fd_setup(&c, L_SWIGLU, 50);
+    c.blas = _i;
     float d1[20], d3[20];
-    fl_model__swiglu_bwd(d1, d3, c.wts, c.x, c.y, 20);
+    fl_model__swiglu_bwd(d1, d3, c.wts, c.x, c.y, 20, c.blas);
     ck_assert_double_lt(fd_compare(&c, c.x, d1, 20), 1e-3);
     ck_assert_double_lt(fd_compare(&c, c.y, d3, 20), 1e-3);
+}
+END_TEST
+
+/* The 4-lane SwiGLU equals the scalar reference bit for bit, including
+ * saturated inputs far outside the exp range. */
+START_TEST(test_swiglu_vector_is_scalar)
+{
+    enum { N = 1003 };
+    static float h1[N], h3[N], d[N], o[2][N], g1[2][N], g3[2][N];
+    fill_normal(h1, N, 8.0, 1);
+    fill_normal(h3, N, 1.0, 2);
+    fill_normal(d, N, 1.0, 3);
+    h1[5] = 200.0f;
+    h1[6] = -200.0f;
+    h1[7] = 1e30f;
+    for (int v = 0; v < 2; v++) {
+        fl_model__swiglu_fwd(o[v], h1, h3, N, v);
+        fl_model__swiglu_bwd(g1[v], g3[v], d, h1, h3, N, v);
+    }
+    ck_assert_mem_eq(o[0], o[1], sizeof o[0]);
+    ck_assert_mem_eq(g1[0], g1[1], sizeof g1[0]);
+    ck_assert_mem_eq(g3[0], g3[1], sizeof g3[0]);
+    ck_assert_float_lt(fabsf(o[0][6]), 1e-30f); /* silu(-200) ~ 0 */
+    ck_assert_float_eq_tol(o[0][5], 200.0f * h3[5], 1e-4f);
+    /* and it is SiLU: compare with libm */
+    for (int i = 0; i < N; i++) {
+        double ref = h1[i] / (1.0 + exp(-(double)h1[i])) * h3[i];
+        if (fabs(h1[i]) < 80)
+            ck_assert_double_le(fabs(o[0][i] - ref), 1e-6 * fabs(ref) + 1e-30);
+    }
 }
 END_TEST
 
@@ -565,6 +596,34 @@ static void train_some(fl_model_t *m, int steps, uint64_t seed)
         ck_assert_int_eq(fl_model_train_step(m, &o, tok, tgt, B, T, NULL), 0);
     }
 }
+
+/* The vectorised AdamW update equals the scalar one bit for bit. */
+START_TEST(test_adamw_vector_is_scalar)
+{
+    fl_model_t *a = small_model(2, 1, _i ? 3 : 0, 91), *b = NULL;
+    ck_assert_int_eq(fl_model_clone(a, &b), 0);
+    fl_model_set_use_blas(b, 0);
+    fl_model_optim_t o;
+    fl_model_optim_default(&o);
+    o.weight_decay = 0.1f;
+    enum { B = 2, T = 8 };
+    int32_t tok[B * T], tgt[B * T];
+    size_t np = fl_model_num_params(a);
+    for (int s = 0; s < 3; s++) {
+        small_batch(tok, tgt, B, T, 50, 92 + s);
+        fl_model_zero_grad(a);
+        ck_assert_int_eq(fl_model_forward(a, tok, tgt, B, T, NULL), 0);
+        ck_assert_int_eq(fl_model_backward(a), 0);
+        memcpy(fl_model_grads(b), fl_model_grads(a), np * sizeof(float));
+        ck_assert_int_eq(fl_model_step(a, &o, NULL), 0);
+        ck_assert_int_eq(fl_model_step(b, &o, NULL), 0);
+        ck_assert_mem_eq(fl_model_params(a), fl_model_params(b),
+                         np * sizeof(float));
+    }
+    fl_model_free(a);
+    fl_model_free(b);
+}
+END_TEST
 
 START_TEST(test_deterministic)
 {
@@ -956,7 +1015,8 @@ Suite *check_model_suite(void)
     tcase_add_test(tc, test_fd_rmsnorm);
     tcase_add_test(tc, test_fd_rope);
     tcase_add_loop_test(tc, test_fd_attention, 0, 2);
-    tcase_add_test(tc, test_fd_swiglu);
+    tcase_add_loop_test(tc, test_fd_swiglu, 0, 2);
+    tcase_add_test(tc, test_swiglu_vector_is_scalar);
     tcase_add_test(tc, test_fd_cross_entropy);
     tcase_add_loop_test(tc, test_fd_whole_model, 0, 2);
     tcase_add_loop_test(tc, test_blas_matches_reference, 0, 2);
@@ -969,6 +1029,7 @@ Suite *check_model_suite(void)
     tcase_add_test(tc, test_lr_schedule);
     tcase_add_test(tc, test_grad_clip);
     tcase_add_test(tc, test_deterministic);
+    tcase_add_loop_test(tc, test_adamw_vector_is_scalar, 0, 2);
     tcase_add_test(tc, test_lora_frozen_base_and_merge);
     tcase_add_test(tc, test_config_and_args);
     tcase_add_test(tc, test_train_beats_unigram);
