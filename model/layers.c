@@ -37,6 +37,78 @@ static inline float fast_expf(float x)
     return p * scale;
 }
 
+/* Four lanes at a time through GCC/clang vector extensions (SSE on x86,
+ * NEON on ARM: the baseline of both, so no flags and no ABI change). v_exp
+ * performs fast_expf's operations in the same order, so each lane equals
+ * the scalar result bit for bit. */
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef int32_t i32x4 __attribute__((vector_size(16)));
+
+static inline f32x4 v_load(const float *p)
+{
+    f32x4 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void v_store(float *p, f32x4 v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+static inline f32x4 v_splat(float x)
+{
+    return (f32x4){x, x, x, x};
+}
+
+/* mask lanes (all ones) take a, the others b */
+static inline f32x4 v_select(i32x4 mask, f32x4 a, f32x4 b)
+{
+    return (f32x4)(((i32x4)a & mask) | ((i32x4)b & ~mask));
+}
+
+static inline f32x4 v_exp(f32x4 x)
+{
+    const f32x4 shifter = v_splat(12582912.0f);
+    x = v_select(x > v_splat(-87.0f), x, v_splat(-87.0f));
+    x = v_select(x < v_splat(88.0f), x, v_splat(88.0f));
+    f32x4 t = x * v_splat(1.44269504088896341f) + shifter;
+    f32x4 n = t - shifter;
+    f32x4 r = x - n * v_splat(0.693359375f);
+    r = r - n * v_splat(-2.12194440e-4f);
+    f32x4 p = v_splat(1.0f / 720.0f);
+    p = p * r + v_splat(1.0f / 120.0f);
+    p = p * r + v_splat(1.0f / 24.0f);
+    p = p * r + v_splat(1.0f / 6.0f);
+    p = p * r + v_splat(0.5f);
+    p = p * r + v_splat(1.0f);
+    p = p * r + v_splat(1.0f);
+    i32x4 bits = (__builtin_convertvector(n, i32x4) + 127) << 23;
+    return p * (f32x4)bits;
+}
+
+/* Softmax of row[0..len) in place; len >= 1. */
+static void softmax_row(float *row, int len)
+{
+    float mx = row[0];
+    for (int s = 1; s < len; s++)
+        mx = row[s] > mx ? row[s] : mx;
+    int s = 0;
+    const f32x4 vmx = v_splat(mx);
+    for (; s + 4 <= len; s += 4)
+        v_store(row + s, v_exp(v_load(row + s) - vmx));
+    for (; s < len; s++)
+        row[s] = fast_expf(row[s] - mx);
+    float sum = 0.0f;
+    for (s = 0; s < len; s++)
+        sum += row[s];
+    const f32x4 inv = v_splat(1.0f / sum);
+    for (s = 0; s + 4 <= len; s += 4)
+        v_store(row + s, v_load(row + s) * inv);
+    for (; s < len; s++)
+        row[s] *= 1.0f / sum;
+}
+
 /* ---- matmul -------------------------------------------------------------- */
 
 static void matmul_fwd_ref(float *out, const float *inp, const float *w, int N,
@@ -68,8 +140,10 @@ void fl_model__matmul_fwd(float *out, const float *inp, const float *w, int N,
 
 static void matmul_bwd_ref(float *dinp, float *dw, const float *dout,
                            const float *inp, const float *w, int N, int IC,
-                           int OC)
+                           int OC, int acc)
 {
+    if (dinp && !acc)
+        memset(dinp, 0, (size_t)N * IC * sizeof *dinp);
     if (dinp) {
         for (int n = 0; n < N; n++) {
             const float *dy = dout + (size_t)n * OC;
@@ -96,15 +170,15 @@ static void matmul_bwd_ref(float *dinp, float *dw, const float *dout,
 
 void fl_model__matmul_bwd(float *dinp, float *dw, const float *dout,
                           const float *inp, const float *w, int N, int IC,
-                          int OC, int blas)
+                          int OC, int acc, int blas)
 {
     if (!blas) {
-        matmul_bwd_ref(dinp, dw, dout, inp, w, N, IC, OC);
+        matmul_bwd_ref(dinp, dw, dout, inp, w, N, IC, OC, acc);
         return;
     }
-    if (dinp) /* [N, IC] += [N, OC] @ [OC, IC] */
+    if (dinp) /* [N, IC] (+)= [N, OC] @ [OC, IC] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f,
-                    dout, OC, w, IC, 1.0f, dinp, IC);
+                    dout, OC, w, IC, acc ? 1.0f : 0.0f, dinp, IC);
     if (dw) /* [OC, IC] += [N, OC]^T @ [N, IC] */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f,
                     dout, OC, inp, IC, 1.0f, dw, IC);
@@ -296,19 +370,8 @@ static void attention_fwd_blas(float *out, float *att, const float *q,
                         scale, qh, C, kb, KC, 0.0f, a, T);
             for (int t = 0; t < T; t++) {
                 float *row = a + (size_t)t * T;
-                float mx = row[0];
-                for (int s = 1; s <= t; s++)
-                    mx = row[s] > mx ? row[s] : mx;
-                float sum = 0.0f;
-                for (int s = 0; s <= t; s++) {
-                    row[s] = fast_expf(row[s] - mx);
-                    sum += row[s];
-                }
-                float inv = 1.0f / sum;
-                for (int s = 0; s <= t; s++)
-                    row[s] *= inv;
-                for (int s = t + 1; s < T; s++)
-                    row[s] = 0.0f;
+                softmax_row(row, t + 1);
+                memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof *row);
             }
             /* out_h [T, hs] = a [T, T] @ v_h [T, hs] */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T,
@@ -383,57 +446,8 @@ void fl_model__attention_bwd(float *dq, float *dk, float *dv, float *scratch,
 }
 
 /* ---- SwiGLU --------------------------------------------------------------
- * Four lanes at a time through GCC/clang vector extensions (SSE on x86,
- * NEON on ARM: the baseline of both, so no flags and no ABI change), the same
- * operations in the same order as fast_expf, so every lane equals the scalar
- * result bit for bit; the scalar loop finishes the tail and is the reference.
- */
-
-typedef float f32x4 __attribute__((vector_size(16)));
-typedef int32_t i32x4 __attribute__((vector_size(16)));
-
-static inline f32x4 v_load(const float *p)
-{
-    f32x4 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void v_store(float *p, f32x4 v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static inline f32x4 v_splat(float x)
-{
-    return (f32x4){x, x, x, x};
-}
-
-/* mask lanes (all ones) take a, the others b */
-static inline f32x4 v_select(i32x4 mask, f32x4 a, f32x4 b)
-{
-    return (f32x4)(((i32x4)a & mask) | ((i32x4)b & ~mask));
-}
-
-static inline f32x4 v_exp(f32x4 x)
-{
-    const f32x4 shifter = v_splat(12582912.0f);
-    x = v_select(x > v_splat(-87.0f), x, v_splat(-87.0f));
-    x = v_select(x < v_splat(88.0f), x, v_splat(88.0f));
-    f32x4 t = x * v_splat(1.44269504088896341f) + shifter;
-    f32x4 n = t - shifter;
-    f32x4 r = x - n * v_splat(0.693359375f);
-    r = r - n * v_splat(-2.12194440e-4f);
-    f32x4 p = v_splat(1.0f / 720.0f);
-    p = p * r + v_splat(1.0f / 120.0f);
-    p = p * r + v_splat(1.0f / 24.0f);
-    p = p * r + v_splat(1.0f / 6.0f);
-    p = p * r + v_splat(0.5f);
-    p = p * r + v_splat(1.0f);
-    p = p * r + v_splat(1.0f);
-    i32x4 bits = (__builtin_convertvector(n, i32x4) + 127) << 23;
-    return p * (f32x4)bits;
-}
+ * Vectorised with v_exp; the scalar loop finishes the tail and is the
+ * reference (bitwise equal). */
 
 static void swiglu_fwd_ref(float *out, const float *h1, const float *h3,
                            size_t from, size_t n)

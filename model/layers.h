@@ -18,11 +18,11 @@
  * cblas_sgemm or the naive reference loops. */
 void fl_model__matmul_fwd(float *out, const float *inp, const float *w, int N,
                           int IC, int OC, int acc, int blas);
-/* dinp [N, IC] += dout [N, OC] @ w; dw [OC, IC] += dout^T @ inp.
- * Either output may be NULL. */
+/* dinp [N, IC] (+= when acc, else =) dout [N, OC] @ w; dw [OC, IC] +=
+ * dout^T @ inp. Either output may be NULL. */
 void fl_model__matmul_bwd(float *dinp, float *dw, const float *dout,
                           const float *inp, const float *w, int N, int IC,
-                          int OC, int blas);
+                          int OC, int acc, int blas);
 
 /* out [N, C] = inp * rstd * g; rstd [N] = 1 / sqrt(mean(inp^2) + eps). */
 void fl_model__rmsnorm_fwd(float *out, float *rstd, const float *inp,

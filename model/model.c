@@ -605,16 +605,17 @@ static void proj_fwd(fl_model_t *m, int l, int p, float *out, const float *inp,
     fl_model__matmul_fwd(out, h, Bm, N, r, outd, 1, m->use_blas);
 }
 
-/* dinp [N, IC] += dout @ W_eff; weight (or adapter) gradients +=. */
+/* dinp [N, IC] (+= when acc, else =) dout @ W_eff; weight (or adapter)
+ * gradients +=. */
 static void proj_bwd(fl_model_t *m, int l, int p, float *dinp,
-                     const float *dout, const float *inp, int N)
+                     const float *dout, const float *inp, int N, int acc)
 {
     int in, outd;
     fl_model__proj_shape(&m->cfg, p, &in, &outd);
     size_t off = (size_t)l * outd * in;
     const float *W = proj_base(&m->w, p) + off;
     float *gW = lora_on(m) ? NULL : proj_base(&m->gw, p) + off;
-    fl_model__matmul_bwd(dinp, gW, dout, inp, W, N, in, outd, m->use_blas);
+    fl_model__matmul_bwd(dinp, gW, dout, inp, W, N, in, outd, acc, m->use_blas);
     if (!lora_on(m))
         return;
     int r = m->cfg.lora_rank;
@@ -625,11 +626,10 @@ static void proj_bwd(fl_model_t *m, int l, int p, float *dinp,
     float *gA = m->gl.a[p] + (size_t)l * r * in;
     float *gB = m->gl.b[p] + (size_t)l * outd * r;
     float *dh = m->a.dlh;
-    memset(dh, 0, (size_t)N * r * sizeof *dh);
-    fl_model__matmul_bwd(dh, gB, dout, h, Bm, N, r, outd, m->use_blas);
+    fl_model__matmul_bwd(dh, gB, dout, h, Bm, N, r, outd, 0, m->use_blas);
     for (size_t i = 0; i < (size_t)N * r; i++)
         dh[i] *= s;
-    fl_model__matmul_bwd(dinp, gA, dh, inp, A, N, in, r, m->use_blas);
+    fl_model__matmul_bwd(dinp, gA, dh, inp, A, N, in, r, 1, m->use_blas);
 }
 
 /* ---- forward ---------------------------------------------------------------
@@ -742,12 +742,11 @@ int fl_model_backward(fl_model_t *m)
     /* head */
     float scale = m->count ? 1.0f / (float)m->count : 0.0f;
     fl_model__xent_bwd(a->dlogits, a->probs, targets, (int)N, V, scale);
-    memset(a->dxn, 0, N * C * sizeof(float));
     float *gcls = NULL;
     if (full)
         gcls = c->tied_output ? m->gw.token_embedding : m->gw.wcls;
     fl_model__matmul_bwd(a->dxn, gcls, a->dlogits, a->xnf, m->w.wcls, (int)N, C,
-                         V, m->use_blas);
+                         V, 0, m->use_blas);
     memset(a->dres, 0, N * C * sizeof(float));
     float *xl = a->res + (size_t)c->n_layers * N * C;
     fl_model__rmsnorm_bwd(a->dres, full ? m->gw.rms_final : NULL, a->dxn, xl,
@@ -764,28 +763,24 @@ int fl_model_backward(fl_model_t *m)
         float *att = a->att + (size_t)l * N * nh * T;
 
         /* MLP: x_out = xm + W2(swiglu(W1 xn2, W3 xn2)) */
-        memset(a->dhg, 0, N * H * sizeof(float));
-        proj_bwd(m, l, FL_MODEL_W2, a->dhg, a->dres, hg, (int)N);
+        proj_bwd(m, l, FL_MODEL_W2, a->dhg, a->dres, hg, (int)N, 0);
         fl_model__swiglu_bwd(a->dh1, a->dh3, a->dhg, h1, h3, N * H,
                              m->use_blas);
-        memset(a->dxn, 0, N * C * sizeof(float));
-        proj_bwd(m, l, FL_MODEL_W1, a->dxn, a->dh1, xn2, (int)N);
-        proj_bwd(m, l, FL_MODEL_W3, a->dxn, a->dh3, xn2, (int)N);
+        proj_bwd(m, l, FL_MODEL_W1, a->dxn, a->dh1, xn2, (int)N, 0);
+        proj_bwd(m, l, FL_MODEL_W3, a->dxn, a->dh3, xn2, (int)N, 1);
         fl_model__rmsnorm_bwd(
             a->dres, full ? m->gw.rms_ffn + (size_t)l * C : NULL, a->dxn, xm,
             m->w.rms_ffn + (size_t)l * C, a->rstd2 + (size_t)l * N, (int)N, C);
 
         /* attention: xm = x + WO(attn(rope(WQ xn1), rope(WK xn1), WV xn1)) */
-        memset(a->datty, 0, N * C * sizeof(float));
-        proj_bwd(m, l, FL_MODEL_WO, a->datty, a->dres, atty, (int)N);
+        proj_bwd(m, l, FL_MODEL_WO, a->datty, a->dres, atty, (int)N, 0);
         fl_model__attention_bwd(a->dq, a->dk, a->dv, a->datt, a->datty, att, q,
                                 k, v, B, T, nh, nkv, hs, m->use_blas);
         fl_model__rope(a->dq, m->rope_cos, m->rope_sin, B, T, nh, hs, 1);
         fl_model__rope(a->dk, m->rope_cos, m->rope_sin, B, T, nkv, hs, 1);
-        memset(a->dxn, 0, N * C * sizeof(float));
-        proj_bwd(m, l, FL_MODEL_WQ, a->dxn, a->dq, xn1, (int)N);
-        proj_bwd(m, l, FL_MODEL_WK, a->dxn, a->dk, xn1, (int)N);
-        proj_bwd(m, l, FL_MODEL_WV, a->dxn, a->dv, xn1, (int)N);
+        proj_bwd(m, l, FL_MODEL_WQ, a->dxn, a->dq, xn1, (int)N, 0);
+        proj_bwd(m, l, FL_MODEL_WK, a->dxn, a->dk, xn1, (int)N, 1);
+        proj_bwd(m, l, FL_MODEL_WV, a->dxn, a->dv, xn1, (int)N, 1);
         fl_model__rmsnorm_bwd(
             a->dres, full ? m->gw.rms_att + (size_t)l * C : NULL, a->dxn, x,
             m->w.rms_att + (size_t)l * C, a->rstd1 + (size_t)l * N, (int)N, C);

@@ -31,6 +31,37 @@ static inline f32x4 v_sqrt(f32x4 x)
 }
 #endif
 
+/* Sum of squares in double, in eight independent partial sums (a single
+ * running sum is one long dependency chain); the order is fixed, so the
+ * result is deterministic. */
+static double sum_squares(const float *g, size_t n)
+{
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] += (double)g[i + k] * g[i + k];
+    for (; i < n; i++)
+        acc[0] += (double)g[i] * g[i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+           ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* x[0..n) *= k */
+static void scale(float *x, size_t n, float k)
+{
+    size_t i = 0;
+    const f32x4 vk = {k, k, k, k};
+    for (; i + 4 <= n; i += 4) {
+        f32x4 v;
+        memcpy(&v, x + i, sizeof v);
+        v *= vk;
+        memcpy(x + i, &v, sizeof v);
+    }
+    for (; i < n; i++)
+        x[i] *= k;
+}
+
 /* Returns how many leading elements it updated (a multiple of 4). */
 static size_t adamw_vec(float *p, const float *g, float *m1, float *m2,
                         size_t n, float b1, float b2, float bc2s, float eps,
@@ -144,17 +175,13 @@ int fl_model_step(fl_model_t *m, const fl_model_optim_t *o, float *grad_norm)
         if (!m->opt)
             return FL_ENOMEM;
     }
-    double ss = 0.0;
-    for (size_t i = 0; i < n; i++)
-        ss += (double)g[i] * g[i];
-    float norm = (float)sqrt(ss);
+    float norm = (float)sqrt(sum_squares(g, n));
     if (grad_norm)
         *grad_norm = norm;
     if (o->grad_clip > 0.0f) {
         float coef = o->grad_clip / (norm + 1e-6f);
         if (coef < 1.0f)
-            for (size_t i = 0; i < n; i++)
-                g[i] *= coef;
+            scale(g, n, coef);
     }
     float lr = fl_model_lr_at(o, m->step);
     m->step++;
@@ -169,8 +196,7 @@ int fl_model_step(fl_model_t *m, const fl_model_optim_t *o, float *grad_norm)
         if (o->weight_decay != 0.0f) {
             float keep = 1.0f - lr * o->weight_decay;
             for (int k = 0; k < nr; k++)
-                for (size_t i = rng[k][0]; i < rng[k][1]; i++)
-                    p[i] *= keep;
+                scale(p + rng[k][0], rng[k][1] - rng[k][0], keep);
         }
         size_t i0 = m->use_blas ? adamw_vec(p, g, m1, m2, n, b1, b2, bc2s,
                                             o->eps, step_size)

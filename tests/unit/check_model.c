@@ -140,7 +140,7 @@ START_TEST(test_fd_matmul)
         fd_setup(&c, L_MATMUL, 10);
         c.blas = blas;
         float dx[42] = {0}, dw[35] = {0};
-        fl_model__matmul_bwd(dx, dw, c.wts, c.x, c.y, 6, 7, 5, blas);
+        fl_model__matmul_bwd(dx, dw, c.wts, c.x, c.y, 6, 7, 5, 1, blas);
         ck_assert_double_lt(fd_compare(&c, c.x, dx, 42), 1e-3);
         ck_assert_double_lt(fd_compare(&c, c.y, dw, 35), 1e-3);
     }
