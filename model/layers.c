@@ -186,18 +186,43 @@ void fl_model__matmul_bwd(float *dinp, float *dw, const float *dout,
 
 /* ---- RMSNorm ------------------------------------------------------------- */
 
+/* sum_i a_i b_i c_i (c may be NULL: sum a_i b_i) over n: four lanes, then
+ * the lanes and the tail in a fixed order. */
+static float dot3_vec(const float *a, const float *b, const float *c, int n)
+{
+    f32x4 acc = v_splat(0.0f);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        f32x4 t = v_load(a + i) * v_load(b + i);
+        acc += c ? t * v_load(c + i) : t;
+    }
+    float s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (; i < n; i++)
+        s += c ? a[i] * b[i] * c[i] : a[i] * b[i];
+    return s;
+}
+
+static float dot3_ref(const float *a, const float *b, const float *c, int n)
+{
+    float s = 0.0f;
+    for (int i = 0; i < n; i++)
+        s += c ? a[i] * b[i] * c[i] : a[i] * b[i];
+    return s;
+}
+
 void fl_model__rmsnorm_fwd(float *out, float *rstd, const float *inp,
-                           const float *g, int N, int C, float eps)
+                           const float *g, int N, int C, float eps, int vec)
 {
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float *y = out + (size_t)n * C;
-        float ss = 0.0f;
-        for (int i = 0; i < C; i++)
-            ss += x[i] * x[i];
+        float ss = vec ? dot3_vec(x, x, NULL, C) : dot3_ref(x, x, NULL, C);
         float r = 1.0f / sqrtf(ss / (float)C + eps);
         rstd[n] = r;
-        for (int i = 0; i < C; i++)
+        int i = 0;
+        for (const f32x4 vr = v_splat(r); vec && i + 4 <= C; i += 4)
+            v_store(y + i, v_load(x + i) * vr * v_load(g + i));
+        for (; i < C; i++)
             y[i] = x[i] * r * g[i];
     }
 }
@@ -206,22 +231,30 @@ void fl_model__rmsnorm_fwd(float *out, float *rstd, const float *inp,
  * dx_j = r g_j dy_j - x_j r^3 / C * sum_i dy_i g_i x_i. */
 void fl_model__rmsnorm_bwd(float *dinp, float *dg, const float *dout,
                            const float *inp, const float *g, const float *rstd,
-                           int N, int C)
+                           int N, int C, int vec)
 {
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         const float *dy = dout + (size_t)n * C;
         float *dx = dinp + (size_t)n * C;
         float r = rstd[n];
-        float dot = 0.0f;
-        for (int i = 0; i < C; i++)
-            dot += dy[i] * g[i] * x[i];
+        float dot = vec ? dot3_vec(dy, g, x, C) : dot3_ref(dy, g, x, C);
         float c = dot * r * r * r / (float)C;
-        for (int i = 0; i < C; i++)
+        int i = 0;
+        const f32x4 vr = v_splat(r), vc = v_splat(c);
+        for (; vec && i + 4 <= C; i += 4)
+            v_store(dx + i,
+                    v_load(dx + i) + (vr * v_load(g + i) * v_load(dy + i) -
+                                      v_load(x + i) * vc));
+        for (; i < C; i++)
             dx[i] += r * g[i] * dy[i] - x[i] * c;
-        if (dg)
-            for (int i = 0; i < C; i++)
-                dg[i] += dy[i] * x[i] * r;
+        if (!dg)
+            continue;
+        for (i = 0; vec && i + 4 <= C; i += 4)
+            v_store(dg + i,
+                    v_load(dg + i) + v_load(dy + i) * v_load(x + i) * vr);
+        for (; i < C; i++)
+            dg[i] += dy[i] * x[i] * r;
     }
 }
 

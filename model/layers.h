@@ -24,13 +24,14 @@ void fl_model__matmul_bwd(float *dinp, float *dw, const float *dout,
                           const float *inp, const float *w, int N, int IC,
                           int OC, int acc, int blas);
 
-/* out [N, C] = inp * rstd * g; rstd [N] = 1 / sqrt(mean(inp^2) + eps). */
+/* out [N, C] = inp * rstd * g; rstd [N] = 1 / sqrt(mean(inp^2) + eps).
+ * vec: four lanes (sums in another order than the scalar reference). */
 void fl_model__rmsnorm_fwd(float *out, float *rstd, const float *inp,
-                           const float *g, int N, int C, float eps);
+                           const float *g, int N, int C, float eps, int vec);
 /* dinp [N, C] +=, dg [C] += (dg may be NULL). */
 void fl_model__rmsnorm_bwd(float *dinp, float *dg, const float *dout,
                            const float *inp, const float *g, const float *rstd,
-                           int N, int C);
+                           int N, int C, int vec);
 
 /* Rotary embedding in place on x [B, T, nh * hs], rotating each pair
  * (2i, 2i+1) of every head by angle t * theta^(-2i/hs); cos_t, sin_t are

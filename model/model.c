@@ -677,7 +677,7 @@ int fl_model_forward(fl_model_t *m, const int32_t *tokens,
 
         fl_model__rmsnorm_fwd(xn1, a->rstd1 + (size_t)l * N, x,
                               m->w.rms_att + (size_t)l * C, (int)N, C,
-                              c->norm_eps);
+                              c->norm_eps, m->use_blas);
         proj_fwd(m, l, FL_MODEL_WQ, q, xn1, (int)N, 0);
         proj_fwd(m, l, FL_MODEL_WK, k, xn1, (int)N, 0);
         proj_fwd(m, l, FL_MODEL_WV, v, xn1, (int)N, 0);
@@ -690,7 +690,7 @@ int fl_model_forward(fl_model_t *m, const int32_t *tokens,
 
         fl_model__rmsnorm_fwd(xn2, a->rstd2 + (size_t)l * N, xm,
                               m->w.rms_ffn + (size_t)l * C, (int)N, C,
-                              c->norm_eps);
+                              c->norm_eps, m->use_blas);
         proj_fwd(m, l, FL_MODEL_W1, h1, xn2, (int)N, 0);
         proj_fwd(m, l, FL_MODEL_W3, h3, xn2, (int)N, 0);
         fl_model__swiglu_fwd(hg, h1, h3, N * H, m->use_blas);
@@ -700,7 +700,7 @@ int fl_model_forward(fl_model_t *m, const int32_t *tokens,
 
     float *xl = a->res + (size_t)c->n_layers * N * C;
     fl_model__rmsnorm_fwd(a->xnf, a->rstdf, xl, m->w.rms_final, (int)N, C,
-                          c->norm_eps);
+                          c->norm_eps, m->use_blas);
     fl_model__matmul_fwd(a->logits, a->xnf, m->w.wcls, (int)N, C, V, 0,
                          m->use_blas);
     int count = 0;
@@ -750,7 +750,7 @@ int fl_model_backward(fl_model_t *m)
     memset(a->dres, 0, N * C * sizeof(float));
     float *xl = a->res + (size_t)c->n_layers * N * C;
     fl_model__rmsnorm_bwd(a->dres, full ? m->gw.rms_final : NULL, a->dxn, xl,
-                          m->w.rms_final, a->rstdf, (int)N, C);
+                          m->w.rms_final, a->rstdf, (int)N, C, m->use_blas);
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
         size_t oc = (size_t)l * N * C, okv = (size_t)l * N * KV,
@@ -768,9 +768,10 @@ int fl_model_backward(fl_model_t *m)
                              m->use_blas);
         proj_bwd(m, l, FL_MODEL_W1, a->dxn, a->dh1, xn2, (int)N, 0);
         proj_bwd(m, l, FL_MODEL_W3, a->dxn, a->dh3, xn2, (int)N, 1);
-        fl_model__rmsnorm_bwd(
-            a->dres, full ? m->gw.rms_ffn + (size_t)l * C : NULL, a->dxn, xm,
-            m->w.rms_ffn + (size_t)l * C, a->rstd2 + (size_t)l * N, (int)N, C);
+        fl_model__rmsnorm_bwd(a->dres,
+                              full ? m->gw.rms_ffn + (size_t)l * C : NULL,
+                              a->dxn, xm, m->w.rms_ffn + (size_t)l * C,
+                              a->rstd2 + (size_t)l * N, (int)N, C, m->use_blas);
 
         /* attention: xm = x + WO(attn(rope(WQ xn1), rope(WK xn1), WV xn1)) */
         proj_bwd(m, l, FL_MODEL_WO, a->datty, a->dres, atty, (int)N, 0);
@@ -781,9 +782,10 @@ int fl_model_backward(fl_model_t *m)
         proj_bwd(m, l, FL_MODEL_WQ, a->dxn, a->dq, xn1, (int)N, 0);
         proj_bwd(m, l, FL_MODEL_WK, a->dxn, a->dk, xn1, (int)N, 1);
         proj_bwd(m, l, FL_MODEL_WV, a->dxn, a->dv, xn1, (int)N, 1);
-        fl_model__rmsnorm_bwd(
-            a->dres, full ? m->gw.rms_att + (size_t)l * C : NULL, a->dxn, x,
-            m->w.rms_att + (size_t)l * C, a->rstd1 + (size_t)l * N, (int)N, C);
+        fl_model__rmsnorm_bwd(a->dres,
+                              full ? m->gw.rms_att + (size_t)l * C : NULL,
+                              a->dxn, x, m->w.rms_att + (size_t)l * C,
+                              a->rstd1 + (size_t)l * N, (int)N, C, m->use_blas);
     }
 
     if (full) {

@@ -65,7 +65,7 @@ static double fd_objective(fd_ctx_t *c)
         n = 30;
         break;
     case L_RMSNORM:
-        fl_model__rmsnorm_fwd(c->out, c->aux, c->x, c->g, 3, 8, 1e-5f);
+        fl_model__rmsnorm_fwd(c->out, c->aux, c->x, c->g, 3, 8, 1e-5f, c->blas);
         n = 24;
         break;
     case L_ROPE:
@@ -151,9 +151,10 @@ START_TEST(test_fd_rmsnorm)
 {
     static fd_ctx_t c;
     fd_setup(&c, L_RMSNORM, 20);
+    c.blas = _i;
     float dx[24] = {0}, dg[8] = {0};
     fd_objective(&c); /* rstd into aux */
-    fl_model__rmsnorm_bwd(dx, dg, c.wts, c.x, c.g, c.aux, 3, 8);
+    fl_model__rmsnorm_bwd(dx, dg, c.wts, c.x, c.g, c.aux, 3, 8, c.blas);
     ck_assert_double_lt(fd_compare(&c, c.x, dx, 24), 1e-2);
     ck_assert_double_lt(fd_compare(&c, c.g, dg, 8), 1e-3);
 }
@@ -1012,7 +1013,7 @@ Suite *check_model_suite(void)
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("layers");
     tcase_add_test(tc, test_fd_matmul);
-    tcase_add_test(tc, test_fd_rmsnorm);
+    tcase_add_loop_test(tc, test_fd_rmsnorm, 0, 2);
     tcase_add_test(tc, test_fd_rope);
     tcase_add_loop_test(tc, test_fd_attention, 0, 2);
     tcase_add_loop_test(tc, test_fd_swiglu, 0, 2);
