@@ -66,7 +66,7 @@ void fl_model__swiglu_bwd(float *dh1, float *dh3, const float *dout,
 double fl_model__xent_fwd(float *probs, const float *logits,
                           const int32_t *targets, int N, int V, int *count);
 /* dlogits [N, V] (=) = scale * (probs - onehot(target)); rows with target
- * -1 get zero. */
+ * -1 get zero. dlogits may be probs (in place). */
 void fl_model__xent_bwd(float *dlogits, const float *probs,
                         const int32_t *targets, int N, int V, float scale);
 

@@ -510,37 +510,21 @@ static size_t act_layout(const fl_model_config_t *c, int B, int T, float *base,
         float **p;
         size_t n;
     } t[] = {
-        {&a->res, (L + 1) * N * C},
-        {&a->res_mid, L * N * C},
-        {&a->xn1, L * N * C},
-        {&a->xn2, L * N * C},
-        {&a->rstd1, L * N},
-        {&a->rstd2, L * N},
-        {&a->q, L * N * C},
-        {&a->k, L * N * KV},
-        {&a->v, L * N * KV},
-        {&a->att, L * N * nh * (size_t)T},
-        {&a->atty, L * N * C},
-        {&a->h1, L * N * H},
-        {&a->h3, L * N * H},
-        {&a->hg, L * N * H},
-        {&a->xnf, N * C},
-        {&a->rstdf, N},
-        {&a->logits, N * V},
-        {&a->probs, N * V},
-        {&a->lh, L * FL_MODEL_NPROJ * N * r},
-        {&a->dres, N * C},
-        {&a->dxn, N * C},
-        {&a->datty, N * C},
-        {&a->dq, N * C},
-        {&a->dk, N * KV},
-        {&a->dv, N * KV},
-        {&a->dhg, N * H},
-        {&a->dh1, N * H},
-        {&a->dh3, N * H},
-        {&a->dlogits, N * V},
-        {&a->dlh, N * r},
-        {&a->datt, (size_t)T * T},
+        {&a->res, (L + 1) * N * C}, {&a->res_mid, L * N * C},
+        {&a->xn1, L * N * C},       {&a->xn2, L * N * C},
+        {&a->rstd1, L * N},         {&a->rstd2, L * N},
+        {&a->q, L * N * C},         {&a->k, L * N * KV},
+        {&a->v, L * N * KV},        {&a->att, L * N * nh * (size_t)T},
+        {&a->atty, L * N * C},      {&a->h1, L * N * H},
+        {&a->h3, L * N * H},        {&a->hg, L * N * H},
+        {&a->xnf, N * C},           {&a->rstdf, N},
+        {&a->logits, N * V},        {&a->lh, L * FL_MODEL_NPROJ * N * r},
+        {&a->dres, N * C},          {&a->dxn, N * C},
+        {&a->datty, N * C},         {&a->dq, N * C},
+        {&a->dk, N * KV},           {&a->dv, N * KV},
+        {&a->dhg, N * H},           {&a->dh1, N * H},
+        {&a->dh3, N * H},           {&a->dlogits, N * V},
+        {&a->dlh, N * r},           {&a->datt, (size_t)T * T},
     };
     size_t total = 0;
     for (size_t i = 0; i < FL_ARRAY_LEN(t); i++) {
@@ -705,7 +689,7 @@ int fl_model_forward(fl_model_t *m, const int32_t *tokens,
                          m->use_blas);
     int count = 0;
     double sum =
-        fl_model__xent_fwd(a->probs, a->logits, targets, (int)N, V, &count);
+        fl_model__xent_fwd(a->dlogits, a->logits, targets, (int)N, V, &count);
     m->count = count;
     m->loss = count ? (float)(sum / count) : 0.0f;
     if (loss)
@@ -741,7 +725,8 @@ int fl_model_backward(fl_model_t *m)
 
     /* head */
     float scale = m->count ? 1.0f / (float)m->count : 0.0f;
-    fl_model__xent_bwd(a->dlogits, a->probs, targets, (int)N, V, scale);
+    /* the forward left the probabilities in dlogits; in place */
+    fl_model__xent_bwd(a->dlogits, a->dlogits, targets, (int)N, V, scale);
     float *gcls = NULL;
     if (full)
         gcls = c->tied_output ? m->gw.token_embedding : m->gw.wcls;

@@ -27,15 +27,14 @@ typedef struct {
     float *xnf;     /* [N, C] final rmsnorm */
     float *rstdf;   /* [N] */
     float *logits;  /* [N, V] */
-    float *probs;   /* [N, V] */
     float *lh;      /* [L, NPROJ, N, r] scaled LoRA hidden s * (x A^T) */
     /* backward scratch, reused across layers */
     float *dres, *dxn, *datty, *dq; /* [N, C] */
     float *dk, *dv;                 /* [N, kv_dim] */
     float *dhg, *dh1, *dh3;         /* [N, H] */
-    float *dlogits;                 /* [N, V] */
-    float *dlh;                     /* [N, r] */
-    float *datt;                    /* [T, T] attention backward scratch */
+    float *dlogits; /* [N, V] softmax from the forward, then its gradient */
+    float *dlh;     /* [N, r] */
+    float *datt;    /* [T, T] attention backward scratch */
 } fl_model_acts_t;
 
 struct fl_model {
