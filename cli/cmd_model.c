@@ -13,6 +13,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -385,6 +386,15 @@ out:
 
 /* ---- train --------------------------------------------------------------- */
 
+/* SIGINT/SIGTERM during training: finish the step, save, stop. */
+static volatile sig_atomic_t train_stop;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    train_stop = 1;
+}
+
 typedef struct {
     char *model, *out, *data, *tokenizer;
     double val_fraction, lr, min_lr, weight_decay, grad_clip, momentum, beta1,
@@ -549,10 +559,18 @@ static int cmd_train(int argc, char **argv)
                B, T, unigram);
     fl_rng_t rng;
     double t0 = fl_time_mono_s(), tlast = t0, loss_acc = 0;
-    int nacc = 0;
+    int nacc = 0, tty = !o.json && isatty(STDOUT_FILENO);
     eval_result_t ev = {NAN, 0};
     float loss = NAN;
-    for (int64_t step = start; step < o.steps; step++) {
+    int64_t step = start;
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    train_stop = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    for (; step < o.steps && !train_stop; step++) {
         /* Each step's batch depends on (seed, step) only, so a resumed run
          * draws what the uninterrupted one would have drawn. */
         uint64_t sm = (uint64_t)o.seed * 0x9e3779b97f4a7c15ull + (uint64_t)step;
@@ -565,6 +583,7 @@ static int cmd_train(int argc, char **argv)
             memcpy(yt + (size_t)b * T, buf + (size_t)b * (T + 1) + 1,
                    (size_t)T * sizeof *buf);
         }
+        double ts = fl_time_mono_s();
         if ((rc = fl_model_train_step(m, &opt, xt, yt, B, T, &loss)) < 0)
             goto fail;
         if (!isfinite(loss)) {
@@ -589,10 +608,10 @@ static int cmd_train(int argc, char **argv)
             if (e)
                 json_array_append_new(hist, e);
             if (!o.json) {
-                printf("step %6lld/%lld  train %.4f  val %.4f  lr %.2e  "
+                printf("%sstep %6lld/%lld  train %.4f  val %.4f  lr %.2e  "
                        "%.0f tok/s\n",
-                       (long long)(step + 1), (long long)o.steps,
-                       loss_acc / nacc, ev.loss,
+                       tty ? "\r" : "", (long long)(step + 1),
+                       (long long)o.steps, loss_acc / nacc, ev.loss,
                        (double)fl_model_lr_at(&opt, step), tps);
                 fflush(stdout);
             }
@@ -600,6 +619,10 @@ static int cmd_train(int argc, char **argv)
             nacc = 0;
             tlast = fl_time_mono_s();
         }
+        if (tty) /* a progress line, overwritten by the next */
+            printf("\rstep %6lld/%lld  loss %.4f  %.0f tok/s ",
+                   (long long)(step + 1), (long long)o.steps, loss,
+                   (double)B * T / (fl_time_mono_s() - ts + 1e-9));
         if (!last && o.checkpoint_every &&
             (step + 1) % o.checkpoint_every == 0 &&
             (rc = fl_model_save(m, outp,
@@ -608,9 +631,20 @@ static int cmd_train(int argc, char **argv)
             goto out;
         }
     }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (tty)
+        printf("\r%60s\r", "");
     if ((rc = fl_model_save(m, outp, o.save_optim ? FL_MODEL_SAVE_OPTIM : 0)) <
         0) {
         fl_cli_error(cmd, "%s: %s", outp, fl_strerror(rc));
+        goto out;
+    }
+    if (step < o.steps) {
+        fl_cli_error(cmd,
+                     "interrupted after step %lld; saved to %s (run again to "
+                     "resume)",
+                     (long long)step, outp);
         goto out;
     }
     double secs = fl_time_mono_s() - t0;
