@@ -482,55 +482,56 @@ void fl_model__attention_bwd(float *dq, float *dk, float *dv, float *scratch,
  * Vectorised with v_exp; the scalar loop finishes the tail and is the
  * reference (bitwise equal). */
 
-static void swiglu_fwd_ref(float *out, const float *h1, const float *h3,
-                           size_t from, size_t n)
+static void swiglu_fwd_ref(float *out, float *sig, const float *h1,
+                           const float *h3, size_t from, size_t n)
 {
     for (size_t i = from; i < n; i++) {
         float x = h1[i];
-        float sig = 1.0f / (1.0f + fast_expf(-x));
-        out[i] = x * sig * h3[i];
+        float sg = 1.0f / (1.0f + fast_expf(-x));
+        sig[i] = sg;
+        out[i] = x * sg * h3[i];
     }
 }
 
 static void swiglu_bwd_ref(float *dh1, float *dh3, const float *dout,
-                           const float *h1, const float *h3, size_t from,
-                           size_t n)
+                           const float *h1, const float *h3, const float *sig,
+                           size_t from, size_t n)
 {
     for (size_t i = from; i < n; i++) {
-        float x = h1[i];
-        float sig = 1.0f / (1.0f + fast_expf(-x));
-        float silu = x * sig;
+        float x = h1[i], sg = sig[i];
+        float silu = x * sg;
         dh3[i] = dout[i] * silu;
-        dh1[i] = dout[i] * h3[i] * sig * (1.0f + x * (1.0f - sig));
+        dh1[i] = dout[i] * h3[i] * sg * (1.0f + x * (1.0f - sg));
     }
 }
 
-void fl_model__swiglu_fwd(float *out, const float *h1, const float *h3,
-                          size_t n, int vec)
+void fl_model__swiglu_fwd(float *out, float *sig, const float *h1,
+                          const float *h3, size_t n, int vec)
 {
     size_t i = 0;
     const f32x4 one = v_splat(1.0f);
     for (; vec && i + 4 <= n; i += 4) {
         f32x4 x = v_load(h1 + i);
-        f32x4 sig = one / (one + v_exp(-x));
-        v_store(out + i, x * sig * v_load(h3 + i));
+        f32x4 sg = one / (one + v_exp(-x));
+        v_store(sig + i, sg);
+        v_store(out + i, x * sg * v_load(h3 + i));
     }
-    swiglu_fwd_ref(out, h1, h3, i, n);
+    swiglu_fwd_ref(out, sig, h1, h3, i, n);
 }
 
 void fl_model__swiglu_bwd(float *dh1, float *dh3, const float *dout,
-                          const float *h1, const float *h3, size_t n, int vec)
+                          const float *h1, const float *h3, const float *sig,
+                          size_t n, int vec)
 {
     size_t i = 0;
     const f32x4 one = v_splat(1.0f);
     for (; vec && i + 4 <= n; i += 4) {
-        f32x4 x = v_load(h1 + i), d = v_load(dout + i);
-        f32x4 sig = one / (one + v_exp(-x));
-        f32x4 silu = x * sig;
+        f32x4 x = v_load(h1 + i), d = v_load(dout + i), sg = v_load(sig + i);
+        f32x4 silu = x * sg;
         v_store(dh3 + i, d * silu);
-        v_store(dh1 + i, d * v_load(h3 + i) * sig * (one + x * (one - sig)));
+        v_store(dh1 + i, d * v_load(h3 + i) * sg * (one + x * (one - sg)));
     }
-    swiglu_bwd_ref(dh1, dh3, dout, h1, h3, i, n);
+    swiglu_bwd_ref(dh1, dh3, dout, h1, h3, sig, i, n);
 }
 
 /* ---- softmax cross-entropy ---------------------------------------------- */

@@ -53,13 +53,15 @@ void fl_model__attention_bwd(float *dq, float *dk, float *dv, float *scratch,
                              const float *q, const float *k, const float *v,
                              int B, int T, int nh, int nkv, int hs, int blas);
 
-/* out [n] = silu(h1) * h3. vec: four lanes at a time (bitwise equal to
- * the scalar reference, vec = 0). */
-void fl_model__swiglu_fwd(float *out, const float *h1, const float *h3,
-                          size_t n, int vec);
-/* dh1 (=), dh3 (=). */
+/* out [n] = silu(h1) * h3; sig [n] keeps sigmoid(h1) for the backward.
+ * vec: four lanes at a time (bitwise equal to the scalar reference,
+ * vec = 0). */
+void fl_model__swiglu_fwd(float *out, float *sig, const float *h1,
+                          const float *h3, size_t n, int vec);
+/* dh1 (=), dh3 (=); sig from the forward. */
 void fl_model__swiglu_bwd(float *dh1, float *dh3, const float *dout,
-                          const float *h1, const float *h3, size_t n, int vec);
+                          const float *h1, const float *h3, const float *sig,
+                          size_t n, int vec);
 
 /* probs [N, V] = softmax(logits); returns the SUM of -log p[target] over
  * positions whose target is >= 0 and stores their number in *count. */

@@ -510,21 +510,37 @@ static size_t act_layout(const fl_model_config_t *c, int B, int T, float *base,
         float **p;
         size_t n;
     } t[] = {
-        {&a->res, (L + 1) * N * C}, {&a->res_mid, L * N * C},
-        {&a->xn1, L * N * C},       {&a->xn2, L * N * C},
-        {&a->rstd1, L * N},         {&a->rstd2, L * N},
-        {&a->q, L * N * C},         {&a->k, L * N * KV},
-        {&a->v, L * N * KV},        {&a->att, L * N * nh * (size_t)T},
-        {&a->atty, L * N * C},      {&a->h1, L * N * H},
-        {&a->h3, L * N * H},        {&a->hg, L * N * H},
-        {&a->xnf, N * C},           {&a->rstdf, N},
-        {&a->logits, N * V},        {&a->lh, L * FL_MODEL_NPROJ * N * r},
-        {&a->dres, N * C},          {&a->dxn, N * C},
-        {&a->datty, N * C},         {&a->dq, N * C},
-        {&a->dk, N * KV},           {&a->dv, N * KV},
-        {&a->dhg, N * H},           {&a->dh1, N * H},
-        {&a->dh3, N * H},           {&a->dlogits, N * V},
-        {&a->dlh, N * r},           {&a->datt, (size_t)T * T},
+        {&a->res, (L + 1) * N * C},
+        {&a->res_mid, L * N * C},
+        {&a->xn1, L * N * C},
+        {&a->xn2, L * N * C},
+        {&a->rstd1, L * N},
+        {&a->rstd2, L * N},
+        {&a->q, L * N * C},
+        {&a->k, L * N * KV},
+        {&a->v, L * N * KV},
+        {&a->att, L * N * nh * (size_t)T},
+        {&a->atty, L * N * C},
+        {&a->h1, L * N * H},
+        {&a->h3, L * N * H},
+        {&a->hg, L * N * H},
+        {&a->sig, L * N * H},
+        {&a->xnf, N * C},
+        {&a->rstdf, N},
+        {&a->logits, N * V},
+        {&a->lh, L * FL_MODEL_NPROJ * N * r},
+        {&a->dres, N * C},
+        {&a->dxn, N * C},
+        {&a->datty, N * C},
+        {&a->dq, N * C},
+        {&a->dk, N * KV},
+        {&a->dv, N * KV},
+        {&a->dhg, N * H},
+        {&a->dh1, N * H},
+        {&a->dh3, N * H},
+        {&a->dlogits, N * V},
+        {&a->dlh, N * r},
+        {&a->datt, (size_t)T * T},
     };
     size_t total = 0;
     for (size_t i = 0; i < FL_ARRAY_LEN(t); i++) {
@@ -657,6 +673,7 @@ int fl_model_forward(fl_model_t *m, const int32_t *tokens,
         float *q = a->q + oc, *k = a->k + okv, *v = a->v + okv;
         float *atty = a->atty + oc;
         float *h1 = a->h1 + oh, *h3 = a->h3 + oh, *hg = a->hg + oh;
+        float *sg = a->sig + oh;
         float *att = a->att + (size_t)l * N * nh * T;
 
         fl_model__rmsnorm_fwd(xn1, a->rstd1 + (size_t)l * N, x,
@@ -677,7 +694,7 @@ int fl_model_forward(fl_model_t *m, const int32_t *tokens,
                               c->norm_eps, m->use_blas);
         proj_fwd(m, l, FL_MODEL_W1, h1, xn2, (int)N, 0);
         proj_fwd(m, l, FL_MODEL_W3, h3, xn2, (int)N, 0);
-        fl_model__swiglu_fwd(hg, h1, h3, N * H, m->use_blas);
+        fl_model__swiglu_fwd(hg, sg, h1, h3, N * H, m->use_blas);
         memcpy(xo, xm, N * C * sizeof(float));
         proj_fwd(m, l, FL_MODEL_W2, xo, hg, (int)N, 1);
     }
@@ -745,11 +762,12 @@ int fl_model_backward(fl_model_t *m)
         float *q = a->q + oc, *k = a->k + okv, *v = a->v + okv;
         float *atty = a->atty + oc;
         float *h1 = a->h1 + oh, *h3 = a->h3 + oh, *hg = a->hg + oh;
+        float *sg = a->sig + oh;
         float *att = a->att + (size_t)l * N * nh * T;
 
         /* MLP: x_out = xm + W2(swiglu(W1 xn2, W3 xn2)) */
         proj_bwd(m, l, FL_MODEL_W2, a->dhg, a->dres, hg, (int)N, 0);
-        fl_model__swiglu_bwd(a->dh1, a->dh3, a->dhg, h1, h3, N * H,
+        fl_model__swiglu_bwd(a->dh1, a->dh3, a->dhg, h1, h3, sg, N * H,
                              m->use_blas);
         proj_bwd(m, l, FL_MODEL_W1, a->dxn, a->dh1, xn2, (int)N, 0);
         proj_bwd(m, l, FL_MODEL_W3, a->dxn, a->dh3, xn2, (int)N, 1);

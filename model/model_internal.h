@@ -24,6 +24,7 @@ typedef struct {
     float *h1;      /* [L, N, H] gate pre-activation */
     float *h3;      /* [L, N, H] up projection */
     float *hg;      /* [L, N, H] silu(h1) * h3 */
+    float *sig;     /* [L, N, H] sigmoid(h1) */
     float *xnf;     /* [N, C] final rmsnorm */
     float *rstdf;   /* [N] */
     float *logits;  /* [N, V] */

@@ -79,7 +79,7 @@ static double fd_objective(fd_ctx_t *c)
         n = FB * FT * FC;
         break;
     case L_SWIGLU:
-        fl_model__swiglu_fwd(c->out, c->x, c->y, 20, c->blas);
+        fl_model__swiglu_fwd(c->out, c->aux, c->x, c->y, 20, c->blas);
         n = 20;
         break;
     case L_XENT: {
@@ -197,7 +197,8 @@ START_TEST(test_fd_swiglu)
     fd_setup(&c, L_SWIGLU, 50);
     c.blas = _i;
     float d1[20], d3[20];
-    fl_model__swiglu_bwd(d1, d3, c.wts, c.x, c.y, 20, c.blas);
+    fd_objective(&c); /* sigmoid into aux */
+    fl_model__swiglu_bwd(d1, d3, c.wts, c.x, c.y, c.aux, 20, c.blas);
     ck_assert_double_lt(fd_compare(&c, c.x, d1, 20), 1e-3);
     ck_assert_double_lt(fd_compare(&c, c.y, d3, 20), 1e-3);
 }
@@ -208,7 +209,7 @@ END_TEST
 START_TEST(test_swiglu_vector_is_scalar)
 {
     enum { N = 1003 };
-    static float h1[N], h3[N], d[N], o[2][N], g1[2][N], g3[2][N];
+    static float h1[N], h3[N], d[N], o[2][N], g1[2][N], g3[2][N], sg[2][N];
     fill_normal(h1, N, 8.0, 1);
     fill_normal(h3, N, 1.0, 2);
     fill_normal(d, N, 1.0, 3);
@@ -216,10 +217,11 @@ START_TEST(test_swiglu_vector_is_scalar)
     h1[6] = -200.0f;
     h1[7] = 1e30f;
     for (int v = 0; v < 2; v++) {
-        fl_model__swiglu_fwd(o[v], h1, h3, N, v);
-        fl_model__swiglu_bwd(g1[v], g3[v], d, h1, h3, N, v);
+        fl_model__swiglu_fwd(o[v], sg[v], h1, h3, N, v);
+        fl_model__swiglu_bwd(g1[v], g3[v], d, h1, h3, sg[v], N, v);
     }
     ck_assert_mem_eq(o[0], o[1], sizeof o[0]);
+    ck_assert_mem_eq(sg[0], sg[1], sizeof sg[0]);
     ck_assert_mem_eq(g1[0], g1[1], sizeof g1[0]);
     ck_assert_mem_eq(g3[0], g3[1], sizeof g3[0]);
     ck_assert_float_lt(fabsf(o[0][6]), 1e-30f); /* silu(-200) ~ 0 */
