@@ -38,25 +38,25 @@
  *   byte-level tokenizer), seq_len 128, tied output head: 820,736 params.
  * Chosen by measurement (one AdamW step, 1 thread, CPU time, on the 2-core
  * AVX-512 x86 VM the project is developed on; B x T = 2 x 128 tokens):
- *   dim  96, 3 layers, 0.33 M params:  ~31 ms/step
- *   dim 128, 4 layers, 0.82 M params:  ~28 ms/step (after the sgemm
- *                                      attention; ~48 ms before)
- *   dim 192, 4 layers, 1.62 M params:  ~81 ms/step
- *   dim 256, 4 layers, 2.97 M params: ~145 ms/step
- * A client's local round (10 steps of 256 tokens) thus takes ~0.3 s here;
- * edge ARM boards are 5-10x slower than this core, and `flotilla sim` runs
- * many clients on one machine, so this leaves a round at "a few seconds"
- * on a device. Smaller models stop paying off: dim 128 reaches a fortunes
+ *   dim  96, 3 layers, 0.33 M params: ~10 ms/step
+ *   dim 128, 4 layers, 0.82 M params: ~21 ms/step
+ *   dim 192, 4 layers, 1.62 M params: ~38 ms/step
+ *   dim 256, 4 layers, 2.97 M params: ~63 ms/step
+ * A client's local round (10 steps of 256 tokens) thus takes ~0.2 s of CPU
+ * here; edge ARM boards are 5-10x slower than this core, the machine is
+ * shared with the client's other work, and `flotilla sim` runs many
+ * clients on one machine, so this keeps a round at "a few seconds" on a
+ * device. Smaller models stop paying off: dim 128 brings the fortunes
  * validation loss far below the unigram baseline within a few hundred
- * steps (2.25 vs 3.33 nats after 300 steps of 8 x 128), and the quantized
- * copy still has int8-friendly shapes (multiples of 32). */
+ * steps (2.11 vs 3.33 nats after 600 steps of 8 x 128, about 60 s of CPU),
+ * and its shapes suit the int8 kernels (multiples of 32). */
 typedef struct {
     int32_t dim;        /* model width */
     int32_t hidden_dim; /* SwiGLU inner width */
     int32_t n_layers;
     int32_t n_heads;     /* dim % n_heads == 0 */
     int32_t n_kv_heads;  /* n_heads % n_kv_heads == 0; < n_heads: GQA */
-    int32_t vocab_size;  /* 256 for the byte-level tokenizer */
+    int32_t vocab_size;  /* 259 for the byte-level tokenizer */
     int32_t seq_len;     /* longest context (RoPE positions) */
     int32_t tied_output; /* 1: the output head is token_embedding */
     int32_t lora_rank;   /* 0: full training; > 0: LoRA adapters */
