@@ -82,6 +82,13 @@ int fl_artifact_key_from_seed(const uint8_t seed[FL_ARTIFACT_SEED_BYTES],
 void fl_artifact_key_free(fl_artifact_key_t *k);
 void fl_artifact_key_public(const fl_artifact_key_t *k,
                             uint8_t pk[FL_ARTIFACT_PUBLIC_BYTES]);
+/* Copies the 64-byte libsodium secret key (seed || public key) into sk,
+ * for an engine that signs with it itself (secure aggregation's
+ * advertisements). The caller keeps sk in stack or guarded memory and
+ * wipes it with sodium_memzero. */
+#define FL_ARTIFACT_SECRET_BYTES 64
+void fl_artifact_key_secret(const fl_artifact_key_t *k,
+                            uint8_t sk[FL_ARTIFACT_SECRET_BYTES]);
 /* Writes PREFIX.key (mode 0600) and PREFIX.pub (0644), each atomically.
  * FL_EEXIST when either exists: keys are never overwritten. */
 int fl_artifact_key_save(const fl_artifact_key_t *k, const char *prefix);

@@ -152,6 +152,14 @@ void fl_artifact_key_public(const fl_artifact_key_t *k,
     memcpy(pk, k->pk, FL_ARTIFACT_PUBLIC_BYTES);
 }
 
+void fl_artifact_key_secret(const fl_artifact_key_t *k,
+                            uint8_t sk[FL_ARTIFACT_SECRET_BYTES])
+{
+    _Static_assert(FL_ARTIFACT_SECRET_BYTES == crypto_sign_SECRETKEYBYTES,
+                   "libsodium's Ed25519 secret key layout");
+    memcpy(sk, k->sk, FL_ARTIFACT_SECRET_BYTES);
+}
+
 int fl_artifact_sign(const fl_artifact_key_t *k, const void *msg, size_t len,
                      uint8_t sig[FL_ARTIFACT_SIG_BYTES])
 {

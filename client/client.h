@@ -15,7 +15,11 @@
 #ifndef FL_CLIENT_H
 #define FL_CLIENT_H
 
+#include "artifact/artifact.h"
 #include "common/common.h"
+#include "compress/compress.h"
+#include "model/data.h"
+#include "model/model.h"
 
 #include <uv.h>
 
@@ -120,6 +124,49 @@ int fl_client_journal_append(const char *path,
 int fl_client_journal_read(const char *path, fl_client_journal_entry_t *out,
                            size_t max, size_t *n, size_t *bad);
 
+/* ---- a round's update
+ * ---------------------------------------------------------- Local training
+ * from the global model, then the delta encoded for the round's codec. Pure
+ * computation on borrowed inputs: it runs on a worker thread while the event
+ * loop goes on (the daemon), or on the simulator's worker pool. */
+typedef struct {
+    uint32_t local_steps; /* >= 1 */
+    uint32_t batch_size;  /* >= 1 */
+    uint32_t seq_len;     /* 1 .. the model's seq_len */
+    float learning_rate;
+    int optimizer; /* fl_model_optim_kind_t */
+    float weight_decay;
+    float momentum;  /* SGD */
+    float grad_clip; /* 0 = off */
+    uint64_t seed;   /* the round's training seed; mixed with the client's */
+} fl_client_train_cfg_t;
+
+typedef struct {
+    float loss_before;     /* mean loss on the evaluation windows, before */
+    float loss_after;      /* and after local training */
+    uint32_t num_examples; /* windows trained on */
+    double train_ms;
+    double delta_norm; /* ||delta|| before clipping */
+} fl_client_update_stats_t;
+
+/* Trains a copy of global on data's training part and encodes
+ * delta = local - global with codec: into ring[fl_compress_value_count]
+ * when the codec has secure aggregation on, else into payload (appended;
+ * the codec's wire format). residual[d] (NULL: no error feedback) is added
+ * and replaced by what was not sent. client_seed makes one client's batches
+ * and rounding its own. global, data and tc are borrowed and not modified;
+ * the codec's scratch is used, so one codec serves one thread at a time. */
+int fl_client_update(const fl_model_t *global, const fl_data_t *data,
+                     const fl_client_train_cfg_t *tc, fl_compress_t *codec,
+                     float *residual, uint64_t client_seed, uint32_t *ring,
+                     fl_buf_t *payload, fl_client_update_stats_t *st);
+
+/* Mean loss of model on up to max_windows of data's part (windows of
+ * seq_len, in order). FL_ERANGE when the part is shorter than one window. */
+int fl_client_eval(fl_model_t *model, const fl_data_t *data,
+                   fl_data_part_t part, int seq_len, size_t max_windows,
+                   double *loss);
+
 /* ---- model store
  * --------------------------------------------------------------
  * <state>/models/<version>/ holds verified versions; the files "current"
@@ -146,6 +193,90 @@ int fl_client_store_commit(const char *state_dir, uint64_t version);
 /* After a version failed to load: current := previous and the failed
  * version is removed. FL_ENOENT when there is no previous version. */
 int fl_client_store_rollback(const char *state_dir);
+
+/* ---- the agent: the client side of the protocol ---------------------------
+ * One device's part in the federation, independent of the transport: the
+ * owner of the connection (net/ in the daemon, the simulator in-process)
+ * hands every frame's payload in and sends what the agent gives out. The
+ * agent answers the server's hello with a signature, downloads new model
+ * versions in chunks (resuming a partial download), verifies them against
+ * the server's signing key before use and swaps them in atomically (rolling
+ * back when one fails to load), and takes part in rounds: local training on
+ * the loop's thread pool, the delta encoded for the round's codec, secure
+ * aggregation, the residual and the journal written when the round ends.
+ * Device state (model, residual) survives reconnections.
+ *
+ * Thread-safety: everything runs on the loop's thread except the training,
+ * which reads the model and data on a worker. */
+typedef enum {
+    FL_CLIENT_EV_HELLO = 0,     /* the server accepted the hello */
+    FL_CLIENT_EV_REFUSED,       /* the server refused it (status: reason) */
+    FL_CLIENT_EV_MODEL,         /* a verified model is in use (version) */
+    FL_CLIENT_EV_MODEL_REFUSED, /* a download failed verification */
+    FL_CLIENT_EV_DECLINED,      /* an invitation was declined (what) */
+    FL_CLIENT_EV_ROUND_DONE,    /* a round ended; status 0 = success */
+    FL_CLIENT_EV_ERROR,         /* a protocol error; the connection closes */
+} fl_client_event_kind_t;
+
+typedef struct {
+    int kind;
+    uint64_t round;
+    uint64_t version;
+    int status;       /* 0 or an FL_E* code / AbortReason */
+    const char *what; /* a short explanation, borrowed for the call */
+    fl_client_update_stats_t stats; /* ROUND_DONE after training */
+    uint64_t bytes_up, bytes_down;  /* ROUND_DONE: this round's frames */
+} fl_client_event_t;
+
+typedef struct {
+    uv_loop_t *loop;
+    const char *state_dir;             /* copied */
+    const fl_artifact_key_t *identity; /* borrowed for the agent's life */
+    uint8_t signing_pub[FL_ARTIFACT_PUBLIC_BYTES];
+    const fl_data_t *data; /* borrowed: the device's text */
+    uint64_t seed;         /* this device's seed for batches and rounding */
+    /* 1 when the device may train now, else 0 and a reason; NULL: always */
+    int (*eligible)(void *ctx, char *why, size_t whylen);
+    void (*on_event)(void *ctx, const fl_client_event_t *ev); /* may be NULL */
+    void *ctx;
+    size_t max_frame; /* 0 = FL_FRAME_DEFAULT_MAX */
+} fl_client_agent_opts_t;
+
+typedef struct {
+    /* Queues one frame (the transport adds the length header); the bytes
+     * are borrowed for the call. A negative return closes the connection. */
+    int (*send)(void *io, const uint8_t *payload, size_t len);
+    /* Asks the transport to close; it later calls
+     * fl_client_agent_disconnected. */
+    void (*close)(void *io, int reason);
+} fl_client_io_t;
+
+typedef struct fl_client_agent fl_client_agent_t;
+
+/* Loads the current model from the state directory's store (rolling back
+ * to the previous version when it does not load) and the residual. A
+ * device without a model gets one from the server at the first hello.
+ * *out returned owned. */
+int fl_client_agent_new(const fl_client_agent_opts_t *o,
+                        fl_client_agent_t **out);
+/* Frees at once when no training is in flight, else once it has returned
+ * (the loop must run). NULL is a no-op. */
+void fl_client_agent_free(fl_client_agent_t *a);
+/* A connection is up; io and ioctx are borrowed until disconnected. */
+void fl_client_agent_connected(fl_client_agent_t *a, const fl_client_io_t *io,
+                               void *ioctx);
+/* One frame from the server. A negative return means the agent asked the
+ * transport to close (malformed or unexpected input). */
+int fl_client_agent_on_frame(fl_client_agent_t *a, const uint8_t *payload,
+                             size_t len);
+/* The connection is gone: a round in progress is abandoned (its training
+ * may still finish in the background and is then dropped). */
+void fl_client_agent_disconnected(fl_client_agent_t *a);
+/* The model in use (borrowed, NULL before the first) and its version. */
+fl_model_t *fl_client_agent_model(fl_client_agent_t *a, uint64_t *version);
+/* Bytes of frames sent and received over the agent's life. */
+void fl_client_agent_bytes(const fl_client_agent_t *a, uint64_t *up,
+                           uint64_t *down);
 
 /* ---- local inference socket ------------------------------------------------
  * JSON lines over a Unix stream socket. A request is one line:

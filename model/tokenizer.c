@@ -34,6 +34,7 @@ struct fl_tokenizer {
     size_t nslots;        /* power of two */
     /* ASCII bytes that no mergeable token holds past its first byte. */
     uint8_t cut_before[128];
+    int lossless; /* all 256 byte tokens present */
 };
 
 /* ---- little-endian fields -------------------------------------------------
@@ -157,24 +158,24 @@ static int strmap_insert(strmap_t *m, const uint8_t *arena,
 
 /* ---- building a tokenizer from parts ----------------------------------------
  */
+static int hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* The byte of a "<0xXX>" token, or -1. */
 static int parse_byte_token(const uint8_t *s, size_t len)
 {
-    static const char hex[] = "0123456789ABCDEF";
     if (len != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>')
         return -1;
-    int v = 0;
-    for (int k = 3; k < 5; k++) {
-        int c = s[k], d = -1;
-        if (c >= 'a' && c <= 'f')
-            c -= 'a' - 'A';
-        for (int h = 0; h < 16; h++)
-            if (hex[h] == c)
-                d = h;
-        if (d < 0)
-            return -1;
-        v = v * 16 + d;
-    }
-    return v;
+    int hi = hex_digit(s[3]), lo = hex_digit(s[4]);
+    return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
 }
 
 /* Takes text, offs and scores (owned, freed on failure too) and builds
@@ -234,6 +235,10 @@ static int tokenizer_build(uint8_t *text, uint32_t *offs, float *scores, int n,
     t->slots = m.slots;
     t->nslots = m.cap;
     m.slots = NULL;
+    t->lossless = 1;
+    for (int b = 0; b < 256; b++)
+        if (t->byte_id[b] < 0)
+            t->lossless = 0;
     t->kind = FL_TOKENIZER_BPE;
     if (n == FL_TOKENIZER_BYTE_VOCAB) {
         int plain = 1;
@@ -453,10 +458,7 @@ const uint8_t *fl_tokenizer_token(const fl_tokenizer_t *t, int id, size_t *len,
 
 int fl_tokenizer_lossless(const fl_tokenizer_t *t)
 {
-    for (int b = 0; b < 256; b++)
-        if (t->byte_id[b] < 0)
-            return 0;
-    return 1;
+    return t->lossless;
 }
 
 /* ---- encoding
@@ -527,26 +529,36 @@ typedef struct {
     uint32_t *start, *len;
     int32_t *id, *prev, *next;
     uint8_t *mergeable;
-    cand_t *heap;
-    size_t nheap;
+    cand_t *heap; /* grows on demand, up to 3 per symbol */
+    size_t nheap, capheap;
 } symbols_t;
 
-static void try_pair(const fl_tokenizer_t *t, symbols_t *s, const uint8_t *text,
-                     int32_t a)
+/* Queues the merge of symbol a with its right neighbour, if there is one. */
+static int try_pair(const fl_tokenizer_t *t, symbols_t *s, const uint8_t *text,
+                    int32_t a)
 {
     if (a < 0)
-        return;
+        return 0;
     int32_t b = s->next[a];
     if (b < 0 || !s->mergeable[a] || !s->mergeable[b])
-        return;
+        return 0;
     uint32_t span = s->len[a] + s->len[b];
     if (span > (uint32_t)t->max_len)
-        return;
+        return 0;
     int32_t id = tok_lookup(t, text + s->start[a], span);
     if (id < 0)
-        return;
+        return 0;
+    if (s->nheap == s->capheap) {
+        size_t ncap = s->capheap ? 2 * s->capheap : 256;
+        cand_t *nh = fl_realloc(s->heap, ncap * sizeof *nh);
+        if (!nh)
+            return FL_ENOMEM;
+        s->heap = nh;
+        s->capheap = ncap;
+    }
     cand_t c = {t->scores[id], s->start[a], span, a, id};
     heap_push(s->heap, &s->nheap, c);
+    return 0;
 }
 
 static void symbols_free(symbols_t *s)
@@ -575,9 +587,7 @@ static int symbols_reserve(symbols_t *s, size_t *cap, size_t len)
     s->prev = fl_malloc(ncap * sizeof *s->prev);
     s->next = fl_malloc(ncap * sizeof *s->next);
     s->mergeable = fl_malloc(ncap);
-    s->heap = fl_malloc(3 * ncap * sizeof *s->heap);
-    if (!s->start || !s->len || !s->id || !s->prev || !s->next ||
-        !s->mergeable || !s->heap)
+    if (!s->start || !s->len || !s->id || !s->prev || !s->next || !s->mergeable)
         return FL_ENOMEM;
     *cap = ncap;
     return 0;
@@ -615,8 +625,9 @@ static int encode_segment(const fl_tokenizer_t *t, symbols_t *s,
         s->prev[i] = (int32_t)i - 1;
         s->next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
     }
-    for (size_t i = 0; i + 1 < m; i++)
-        try_pair(t, s, text, (int32_t)i);
+    int rc = 0;
+    for (size_t i = 0; i + 1 < m && rc == 0; i++)
+        rc = try_pair(t, s, text, (int32_t)i);
     size_t alive = m;
     while (s->nheap > 0) {
         cand_t c = heap_pop(s->heap, &s->nheap);
@@ -632,9 +643,12 @@ static int encode_segment(const fl_tokenizer_t *t, symbols_t *s,
         if (s->next[b] >= 0)
             s->prev[s->next[b]] = a;
         alive--;
-        try_pair(t, s, text, s->prev[a]);
-        try_pair(t, s, text, a);
+        if ((rc = try_pair(t, s, text, s->prev[a])) != 0 ||
+            (rc = try_pair(t, s, text, a)) != 0)
+            break;
     }
+    if (rc)
+        return rc;
     if (alive > cap - *k)
         return FL_ETOOBIG;
     for (int32_t i = m ? 0 : -1; i >= 0; i = s->next[i])
@@ -790,7 +804,7 @@ typedef struct {
 typedef struct {
     /* vocabulary being built */
     fl_buf_t text;
-    uint32_t *offs, *lens; /* [TRAIN_MAX_VOCAB + 1] */
+    uint32_t *offs, *lens; /* [vocab_size + 1] */
     float *scores;
     int n, max_len;
     strmap_t vmap;
@@ -1013,33 +1027,77 @@ static int vocab_add(trainer_t *tr, const uint8_t *s, size_t len, float score)
     return 0;
 }
 
+/* Code point -> count, then code point -> id; open addressing. */
+typedef struct {
+    uint32_t *key; /* code point + 1; 0 = empty */
+    uint32_t *val;
+    size_t mask;
+} cpmap_t;
+
+static int cpmap_init(cpmap_t *m, size_t len)
+{
+    size_t distinct = FL_MIN(len, (size_t)0x110000), cap = 64;
+    while (cap < 2 * distinct + 2)
+        cap *= 2;
+    m->key = fl_calloc(cap, sizeof *m->key);
+    m->val = fl_calloc(cap, sizeof *m->val);
+    m->mask = cap - 1;
+    return m->key && m->val ? 0 : FL_ENOMEM;
+}
+
+static void cpmap_free(cpmap_t *m)
+{
+    fl_free(m->key);
+    fl_free(m->val);
+}
+
+/* The value slot of cp, inserted if absent (the table never fills: it has
+ * twice as many slots as there can be distinct code points). */
+static uint32_t *cpmap_at(cpmap_t *m, int32_t cp)
+{
+    uint32_t k = (uint32_t)cp + 1;
+    size_t i = (size_t)mix64(k) & m->mask;
+    while (m->key[i] && m->key[i] != k)
+        i = (i + 1) & m->mask;
+    m->key[i] = k;
+    return &m->val[i];
+}
+
+static uint32_t cpmap_get(const cpmap_t *m, int32_t cp)
+{
+    uint32_t k = (uint32_t)cp + 1;
+    size_t i = (size_t)mix64(k) & m->mask;
+    while (m->key[i] && m->key[i] != k)
+        i = (i + 1) & m->mask;
+    return m->key[i] ? m->val[i] : 0;
+}
+
 static int train_chars(trainer_t *tr, const fl_tokenizer_train_opts_t *o,
-                       const uint8_t *text, size_t len, uint32_t *cpid)
+                       const uint8_t *text, size_t len, cpmap_t *cpid)
 {
     cpcount_t *list = NULL;
     size_t nlist = 0;
     uint64_t total = 0;
     int rc = FL_ENOMEM;
+    /* Distinct characters are listed as first seen, so nothing scans the
+     * whole code point range. */
+    list = fl_malloc((len + 1) * sizeof *list);
+    if (!list)
+        goto out;
     for (size_t i = 0; i < len;) {
         size_t cl = char_len(text + i, len - i);
         int32_t cp = utf8_decode(text + i, cl);
         if (cp >= 0) {
-            if (cpid[cp]++ == 0)
-                nlist++;
+            if ((*cpmap_at(cpid, cp))++ == 0)
+                list[nlist++].cp = cp;
             total++;
         }
         i += cl;
     }
-    list = fl_malloc((nlist + 1) * sizeof *list);
-    if (!list)
-        goto out;
-    nlist = 0;
-    for (int32_t cp = 0; cp <= 0x10FFFF; cp++) {
-        if (cpid[cp]) {
-            list[nlist].count = cpid[cp];
-            list[nlist++].cp = cp;
-            cpid[cp] = 0;
-        }
+    for (size_t k = 0; k < nlist; k++) {
+        uint32_t *v = cpmap_at(cpid, list[k].cp);
+        list[k].count = *v;
+        *v = 0;
     }
     qsort(list, nlist, sizeof *list, cpcount_cmp);
     double want = o->char_coverage * (double)total;
@@ -1069,7 +1127,7 @@ static int train_chars(trainer_t *tr, const fl_tokenizer_train_opts_t *o,
             u[3] = (uint8_t)(0x80 | (c & 0x3F));
             ul = 4;
         }
-        cpid[c] = (uint32_t)tr->n;
+        *cpmap_at(cpid, (int32_t)c) = (uint32_t)tr->n;
         if ((rc = vocab_add(tr, u, ul, 0.0f)) != 0)
             goto out;
         cum += list[k].count;
@@ -1081,7 +1139,7 @@ out:
 }
 
 static int train_words(trainer_t *tr, const uint8_t *text, size_t len,
-                       const uint32_t *cpid, int max_len)
+                       const cpmap_t *cpid, int max_len)
 {
     int rc;
     size_t nsyms = 0;
@@ -1143,8 +1201,9 @@ static int train_words(trainer_t *tr, const uint8_t *text, size_t len,
         for (size_t i = 0; i < wl;) {
             size_t cl = char_len(s + i, wl - i);
             int32_t cp = utf8_decode(s + i, cl);
-            if (cp >= 0 && cpid[cp]) {
-                tr->syms[k++] = (int32_t)cpid[cp];
+            uint32_t id = cp >= 0 ? cpmap_get(cpid, cp) : 0;
+            if (id) {
+                tr->syms[k++] = (int32_t)id;
             } else {
                 for (size_t b = 0; b < cl; b++)
                     tr->syms[k++] = FL_TOKENIZER_BYTE0 + s[i + b];
@@ -1241,7 +1300,7 @@ int fl_tokenizer_train_bpe(const fl_tokenizer_train_opts_t *o,
                            fl_tokenizer_t **out)
 {
     trainer_t tr = {0};
-    uint32_t *cpid = NULL;
+    cpmap_t cpid = {0};
     int rc = FL_EINVAL;
     int max_len = o->max_token_len ? o->max_token_len : 64;
     size_t max_corpus =
@@ -1258,11 +1317,10 @@ int fl_tokenizer_train_bpe(const fl_tokenizer_train_opts_t *o,
     if (len > max_corpus || len >= UINT32_MAX)
         goto out;
     rc = FL_ENOMEM;
-    tr.offs = fl_malloc((TRAIN_MAX_VOCAB + 1) * sizeof *tr.offs);
-    tr.lens = fl_malloc((TRAIN_MAX_VOCAB + 1) * sizeof *tr.lens);
-    tr.scores = fl_malloc(TRAIN_MAX_VOCAB * sizeof *tr.scores);
-    cpid = fl_calloc(0x110000, sizeof *cpid);
-    if (!tr.offs || !tr.lens || !tr.scores || !cpid)
+    tr.offs = fl_malloc(((size_t)o->vocab_size + 1) * sizeof *tr.offs);
+    tr.lens = fl_malloc(((size_t)o->vocab_size + 1) * sizeof *tr.lens);
+    tr.scores = fl_malloc((size_t)o->vocab_size * sizeof *tr.scores);
+    if (!tr.offs || !tr.lens || !tr.scores || cpmap_init(&cpid, len) != 0)
         goto out;
     if ((rc = base_vocab(&tr.text, tr.offs, tr.scores)) != 0)
         goto out;
@@ -1271,11 +1329,11 @@ int fl_tokenizer_train_bpe(const fl_tokenizer_train_opts_t *o,
         tr.lens[i] = tr.offs[i + 1] - tr.offs[i];
     tr.max_len = 6;
     /* Specials and byte tokens are never looked up: not in the map. */
-    if ((rc = strmap_init(&tr.vmap, 4096)) != 0)
+    if ((rc = strmap_init(&tr.vmap, (size_t)o->vocab_size)) != 0)
         goto out;
-    if ((rc = train_chars(&tr, o, text, len, cpid)) != 0)
+    if ((rc = train_chars(&tr, o, text, len, &cpid)) != 0)
         goto out;
-    if ((rc = train_words(&tr, text, len, cpid, max_len)) != 0)
+    if ((rc = train_words(&tr, text, len, &cpid, max_len)) != 0)
         goto out;
     for (uint32_t step = 1; tr.n < o->vocab_size && tr.nheap > 0;) {
         hent_t top = heap_pop_pair(&tr);
@@ -1331,6 +1389,6 @@ out:
     fl_free(tr.pairs);
     fl_free(tr.heap);
     fl_free(tr.fresh);
-    fl_free(cpid);
+    cpmap_free(&cpid);
     return rc;
 }

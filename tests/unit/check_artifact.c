@@ -5,6 +5,8 @@
 #include "common/common.h"
 #include "tests/unit/testutil.h"
 
+#include <sodium.h>
+
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -720,11 +722,30 @@ START_TEST(test_cli_keygen_sign_verify)
 }
 END_TEST
 
+START_TEST(test_key_secret_signs_like_the_key)
+{
+    /* The exported secret key signs exactly as the handle does. */
+    fl_artifact_key_t *k = NULL;
+    ck_assert_int_eq(fl_artifact_key_generate(&k), 0);
+    uint8_t sk[FL_ARTIFACT_SECRET_BYTES], pk[32], s1[64], s2[64];
+    fl_artifact_key_secret(k, sk);
+    fl_artifact_key_public(k, pk);
+    ck_assert_mem_eq(sk + 32, pk, 32);
+    ck_assert_int_eq(fl_artifact_sign(k, "msg", 3, s1), 0);
+    ck_assert_int_eq(
+        crypto_sign_detached(s2, NULL, (const unsigned char *)"msg", 3, sk), 0);
+    ck_assert_mem_eq(s1, s2, 64);
+    sodium_memzero(sk, sizeof sk);
+    fl_artifact_key_free(k);
+}
+END_TEST
+
 Suite *check_artifact_suite(void)
 {
     Suite *s = suite_create("artifact");
     TCase *t = tcase_create("crypto");
     tcase_add_test(t, test_sha256_known_answers);
+    tcase_add_test(t, test_key_secret_signs_like_the_key);
     tcase_add_test(t, test_ed25519_rfc8032_through_key_files);
     tcase_add_test(t, test_keygen_files);
     suite_add_tcase(s, t);

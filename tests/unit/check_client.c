@@ -1,8 +1,10 @@
 /* tests/unit/check_client.c — the device daemon's eligibility rules, state
  * files and local inference socket. */
 #include "client/client.h"
+#include "model/tokenizer.h"
 #include "tests/unit/testutil.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -450,6 +452,151 @@ START_TEST(test_example_config)
 }
 END_TEST
 
+/* A small model, byte-level data from repeated sentences, a dense 8-bit
+ * codec with rotation for one client. */
+typedef struct {
+    fl_tokenizer_t *tok;
+    fl_data_t *data;
+    fl_model_t *global;
+    fl_compress_t *codec;
+} update_fixture_t;
+
+static void update_fixture(update_fixture_t *f, int error_feedback, float clip)
+{
+    ck_assert_int_eq(fl_tokenizer_new_bytes(&f->tok), 0);
+    fl_buf_t text;
+    fl_buf_init(&text, 1 << 20);
+    for (int i = 0; i < 200; i++)
+        ck_assert_int_eq(
+            fl_buf_printf(&text,
+                          "the quick brown fox %d jumps over the lazy dog.\n",
+                          i % 10),
+            0);
+    fl_data_opts_t o;
+    fl_data_opts_init(&o);
+    o.val_fraction = 0.1;
+    ck_assert_int_eq(
+        fl_data_load_text(&o, f->tok, text.data, text.len, "t", &f->data), 0);
+    fl_buf_free(&text);
+    fl_model_config_t mc;
+    fl_model_config_default(&mc);
+    mc.dim = 32;
+    mc.hidden_dim = 64;
+    mc.n_layers = 1;
+    mc.n_heads = 2;
+    mc.n_kv_heads = 2;
+    mc.seq_len = 32;
+    mc.vocab_size = fl_tokenizer_vocab_size(f->tok);
+    ck_assert_int_eq(fl_model_new(&mc, &f->global), 0);
+    fl_model_init_weights(f->global, 3);
+    fl_compress_config_t cc;
+    fl_compress_config_init(&cc);
+    cc.quant_bits = 8;
+    cc.rotate = 1;
+    cc.rotation_seed = 11;
+    cc.clip_norm = clip;
+    cc.max_summands = 4;
+    cc.ring_bits = fl_compress_ring_bits_min(8, 4);
+    cc.error_feedback = error_feedback;
+    ck_assert_int_eq(
+        fl_compress_new(&f->codec, &cc, fl_model_num_params(f->global)), 0);
+}
+
+static void update_fixture_free(update_fixture_t *f)
+{
+    fl_compress_free(f->codec);
+    fl_model_free(f->global);
+    fl_data_free(f->data);
+    fl_tokenizer_free(f->tok);
+}
+
+START_TEST(test_update_pipeline)
+{
+    update_fixture_t f;
+    /* The quantization grid follows the clip norm S: measure the delta's
+     * norm once, then use an S just above it (no clipping), as an operator
+     * tunes S. */
+    update_fixture(&f, 1, 100);
+    {
+        fl_client_train_cfg_t t0 = {.local_steps = 15,
+                                    .batch_size = 4,
+                                    .seq_len = 24,
+                                    .learning_rate = 3e-3f,
+                                    .optimizer = FL_MODEL_ADAMW,
+                                    .grad_clip = 1.0f,
+                                    .seed = 7};
+        uint32_t *r0 = calloc(fl_compress_value_count(f.codec), sizeof *r0);
+        fl_client_update_stats_t s0;
+        ck_assert_int_eq(fl_client_update(f.global, f.data, &t0, f.codec, NULL,
+                                          5, r0, NULL, &s0),
+                         0);
+        free(r0);
+        update_fixture_free(&f);
+        update_fixture(&f, 1, (float)(s0.delta_norm * 1.05));
+    }
+    size_t d = fl_model_num_params(f.global),
+           m = fl_compress_value_count(f.codec);
+    fl_client_train_cfg_t tc = {.local_steps = 15,
+                                .batch_size = 4,
+                                .seq_len = 24,
+                                .learning_rate = 3e-3f,
+                                .optimizer = FL_MODEL_ADAMW,
+                                .grad_clip = 1.0f,
+                                .seed = 7};
+    uint32_t *ring = calloc(m, sizeof *ring), *ring2 = calloc(m, sizeof *ring2);
+    float *residual = calloc(d, sizeof *residual);
+    float *decoded = calloc(d, sizeof *decoded);
+    fl_client_update_stats_t st, st2;
+    ck_assert_int_eq(fl_client_update(f.global, f.data, &tc, f.codec, residual,
+                                      5, ring, NULL, &st),
+                     0);
+    /* Local training helped on the client's own held-out text. */
+    ck_assert_msg(st.loss_after < st.loss_before - 0.1, "%f -> %f",
+                  st.loss_before, st.loss_after);
+    ck_assert_uint_eq(st.num_examples, 60);
+    ck_assert_double_gt(st.delta_norm, 0);
+    /* The decoded ring plus the residual is the delta exactly (within
+     * float error): nothing is lost, only deferred. */
+    ck_assert_int_eq(fl_compress_decode_ring_sum(f.codec, decoded, ring, 1.0),
+                     0);
+    double num = 0, den = 0, cross = 0, dn = 0;
+    for (size_t i = 0; i < d; i++) {
+        double delta = decoded[i] + residual[i];
+        num += (delta - decoded[i]) * (delta - decoded[i]);
+        den += delta * delta;
+        cross += delta * decoded[i];
+        dn += (double)decoded[i] * decoded[i];
+    }
+    ck_assert_double_lt(fabs(sqrt(den) - st.delta_norm) / st.delta_norm, 1e-3);
+    /* What was sent is most of the delta at 8 bits with rotation. */
+    ck_assert_msg(sqrt(num / den) < 0.1, "relative error %f", sqrt(num / den));
+    ck_assert_double_gt(cross / sqrt(den * dn), 0.99);
+    /* The same seeds give the same ring; the global model is untouched. */
+    float *res2 = calloc(d, sizeof *res2);
+    ck_assert_int_eq(fl_client_update(f.global, f.data, &tc, f.codec, res2, 5,
+                                      ring2, NULL, &st2),
+                     0);
+    ck_assert_mem_eq(ring, ring2, m * sizeof *ring);
+    ck_assert_float_eq(st.loss_before, st2.loss_before);
+    /* Another client's seed trains on other batches. */
+    ck_assert_int_eq(fl_client_update(f.global, f.data, &tc, f.codec, NULL, 6,
+                                      ring2, NULL, &st2),
+                     0);
+    ck_assert(memcmp(ring, ring2, m * sizeof *ring) != 0);
+    /* Bad configurations are refused. */
+    tc.seq_len = 1000;
+    ck_assert_int_eq(fl_client_update(f.global, f.data, &tc, f.codec, NULL, 5,
+                                      ring2, NULL, &st2),
+                     FL_EINVAL);
+    free(ring);
+    free(ring2);
+    free(residual);
+    free(res2);
+    free(decoded);
+    update_fixture_free(&f);
+}
+END_TEST
+
 Suite *check_client_suite(void)
 {
     Suite *s = suite_create("client");
@@ -462,6 +609,7 @@ Suite *check_client_suite(void)
     tcase_add_test(tc, test_infer_socket);
     tcase_add_test(tc, test_model_store);
     tcase_add_test(tc, test_example_config);
+    tcase_add_test(tc, test_update_pipeline);
     suite_add_tcase(s, tc);
     return s;
 }

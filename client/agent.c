@@ -1,0 +1,1046 @@
+/* client/agent.c — the client side of the protocol (docs/PROTOCOL.md):
+ * hello, verified model downloads, rounds. Transport-agnostic; training on
+ * the loop's thread pool. */
+#include "client/client.h"
+
+#include "proto/proto.h"
+#include "secagg/secagg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <sodium.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define HELLO_LABEL   "flotilla-hello-v1"
+#define CHUNK_BYTES   (1u << 20)
+#define RESIDUAL_FILE "residual.bin"
+#define JOURNAL_FILE  "journal.json"
+#define MAX_PARAMS    ((size_t)1 << 28)
+
+/* A round the agent takes part in. */
+typedef struct {
+    fl_client_agent_t *a;
+    fl_envelope_t *invite; /* owned: keeps the RoundConfig alive */
+    const Flotilla__RoundConfig *cfg;
+    uint64_t round;
+    uint32_t id;
+    int secagg;
+    fl_compress_t *codec;
+    fl_secagg_client_t *sa;
+    fl_model_t *model; /* the global model trained from (the agent's) */
+    uint32_t *ring;    /* [m], secagg on */
+    fl_buf_t payload;  /* secagg off */
+    float *residual;   /* working copy [d], NULL without error feedback */
+    size_t d, m;
+    fl_client_train_cfg_t tc;
+    uv_work_t work;
+    int training, trained, train_rc;
+    fl_client_update_stats_t stats;
+    fl_envelope_t
+        *pending_masked; /* MaskedInputRequest before training ended */
+    int sent_input;
+    int abandoned; /* the connection went away during training */
+    uint64_t up0, down0;
+} round_t;
+
+/* A model download in progress. */
+typedef struct {
+    int active;
+    uint64_t version;
+    fl_artifact_manifest_t *manifest;
+    size_t file;     /* index of the file being fetched */
+    uint64_t offset; /* bytes of it on disk */
+    char dir[FL_CLIENT_STORE_PATH_MAX];
+} fetch_t;
+
+struct fl_client_agent {
+    fl_client_agent_opts_t o;
+    char state_dir[FL_CLIENT_STORE_PATH_MAX];
+    const fl_client_io_t *io;
+    void *ioctx;
+    int connected, hello_done;
+    uint8_t nonce[32];
+    fl_model_t *model;
+    uint64_t version;
+    float *residual; /* [residual_n] */
+    size_t residual_n;
+    round_t *round;
+    fetch_t fetch;
+    uint64_t bytes_up, bytes_down;
+    int freeing;   /* free requested while a round trains */
+    int trainings; /* works in flight */
+};
+
+/* ---- small helpers ---- */
+
+static void event(fl_client_agent_t *a, int kind, uint64_t round,
+                  uint64_t version, int status, const char *what)
+{
+    if (!a->o.on_event)
+        return;
+    fl_client_event_t ev = {.kind = kind,
+                            .round = round,
+                            .version = version,
+                            .status = status,
+                            .what = what};
+    a->o.on_event(a->o.ctx, &ev);
+}
+
+static int send_env(fl_client_agent_t *a, fl_envelope_t *e)
+{
+    if (!a->connected || !a->io)
+        return FL_ECLOSED;
+    fl_buf_t b;
+    fl_buf_init(&b, a->o.max_frame + FL_FRAME_HEADER_LEN);
+    int rc = fl_proto_encode_frame(e, &b, a->o.max_frame);
+    if (rc == 0) {
+        rc = a->io->send(a->ioctx, b.data + FL_FRAME_HEADER_LEN,
+                         b.len - FL_FRAME_HEADER_LEN);
+        if (rc >= 0) {
+            a->bytes_up += b.len;
+            rc = 0;
+        }
+    }
+    fl_buf_free(&b);
+    return rc;
+}
+
+/* A protocol failure: report it and close the connection. */
+static int fail(fl_client_agent_t *a, int rc, const char *what)
+{
+    event(a, FL_CLIENT_EV_ERROR, a->round ? a->round->round : 0, a->version, rc,
+          what);
+    if (a->connected && a->io)
+        a->io->close(a->ioctx, rc);
+    return rc < 0 ? rc : FL_EPROTO;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static int path_in(const char *dir, const char *name, char *out, size_t len)
+{
+    return fl_path_join(out, len, dir, name);
+}
+
+/* ---- the model in use ---- */
+
+/* Loads the store's current version; on failure rolls back once. */
+static int load_current_model(fl_client_agent_t *a)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        char dir[FL_CLIENT_STORE_PATH_MAX], bin[FL_CLIENT_STORE_PATH_MAX];
+        uint64_t v;
+        int rc = fl_client_store_current(a->state_dir, &v, dir, sizeof dir);
+        if (rc == FL_ENOENT)
+            return 0; /* no model yet */
+        if (rc == 0)
+            rc = fl_artifact_verify_dir(dir, a->o.signing_pub, NULL, NULL, 0);
+        if (rc == 0)
+            rc = path_in(dir, "model.bin", bin, sizeof bin);
+        fl_model_t *m = NULL;
+        if (rc == 0)
+            rc = fl_model_load(bin, &m);
+        if (rc == 0) {
+            fl_model_free(a->model);
+            a->model = m;
+            a->version = v;
+            return 0;
+        }
+        if (fl_client_store_rollback(a->state_dir) < 0)
+            return rc;
+    }
+    return FL_EFORMAT;
+}
+
+/* Makes sure the residual matches the model's trainable vector. */
+static int residual_fit(fl_client_agent_t *a)
+{
+    if (!a->model)
+        return 0;
+    size_t d = fl_model_num_params(a->model);
+    if (a->residual && a->residual_n == d)
+        return 0;
+    fl_free(a->residual);
+    a->residual = fl_calloc(d, sizeof *a->residual);
+    a->residual_n = a->residual ? d : 0;
+    return a->residual ? 0 : FL_ENOMEM;
+}
+
+/* ---- rounds ---- */
+
+static void round_free(round_t *r)
+{
+    if (!r)
+        return;
+    fl_proto_free(r->invite);
+    fl_proto_free(r->pending_masked);
+    fl_compress_free(r->codec);
+    fl_secagg_client_free(r->sa);
+    fl_free(r->ring);
+    fl_buf_free(&r->payload);
+    fl_free(r->residual);
+    fl_free(r);
+}
+
+/* Ends the agent's current round: journal, event, and (on success) the new
+ * residual kept. */
+static void round_end(fl_client_agent_t *a, int status, const char *what)
+{
+    round_t *r = a->round;
+    if (!r)
+        return;
+    a->round = NULL;
+    if (status == 0 && r->trained && r->train_rc == 0 && r->residual &&
+        a->residual && a->residual_n == r->d) {
+        char p[FL_CLIENT_STORE_PATH_MAX];
+        memcpy(a->residual, r->residual, r->d * sizeof *a->residual);
+        if (path_in(a->state_dir, RESIDUAL_FILE, p, sizeof p) == 0)
+            fl_client_residual_save(p, a->residual, r->d, a->version);
+    }
+    if (r->trained || status != 0) {
+        char p[FL_CLIENT_STORE_PATH_MAX];
+        fl_client_journal_entry_t e = {.round = r->round,
+                                       .model_version = a->version,
+                                       .status = status,
+                                       .loss_before = r->stats.loss_before,
+                                       .loss_after = r->stats.loss_after,
+                                       .num_examples = r->stats.num_examples,
+                                       .time_ms = fl_time_wall_ms()};
+        if (path_in(a->state_dir, JOURNAL_FILE, p, sizeof p) == 0)
+            fl_client_journal_append(p, &e);
+    }
+    if (a->o.on_event) {
+        fl_client_event_t ev = {.kind = FL_CLIENT_EV_ROUND_DONE,
+                                .round = r->round,
+                                .version = a->version,
+                                .status = status,
+                                .what = what,
+                                .stats = r->stats,
+                                .bytes_up = a->bytes_up - r->up0,
+                                .bytes_down = a->bytes_down - r->down0};
+        a->o.on_event(a->o.ctx, &ev);
+    }
+    if (r->training)
+        r->abandoned = 1; /* freed when the work returns */
+    else
+        round_free(r);
+}
+
+static int send_report(fl_client_agent_t *a, round_t *r)
+{
+    Flotilla__TrainingReport rep = FLOTILLA__TRAINING_REPORT__INIT;
+    rep.round = r->round;
+    rep.loss_before = r->stats.loss_before;
+    rep.loss_after = r->stats.loss_after;
+    rep.num_examples = r->stats.num_examples;
+    rep.train_ms = (uint32_t)r->stats.train_ms;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_TRAINING_REPORT;
+    e.training_report = &rep;
+    return send_env(a, &e);
+}
+
+/* Sends the masked (or, without secure aggregation, plain) input. */
+static int send_input(fl_client_agent_t *a, round_t *r,
+                      const Flotilla__MaskedInputRequest *req)
+{
+    int rc;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_RESPONSE;
+    if (r->secagg) {
+        Flotilla__MaskedInputResponse *out = NULL;
+        rc = fl_secagg_client_masked_input(r->sa, req, r->ring, &out);
+        if (rc < 0)
+            return rc;
+        e.masked_input_response = out;
+        rc = send_env(a, &e);
+        fl_secagg_msg_free(out);
+    } else {
+        Flotilla__MaskedInputResponse out =
+            FLOTILLA__MASKED_INPUT_RESPONSE__INIT;
+        out.round = r->round;
+        out.client_id = r->id;
+        out.num_values = r->m;
+        out.packed.data = r->payload.data;
+        out.packed.len = r->payload.len;
+        e.masked_input_response = &out;
+        rc = send_env(a, &e);
+    }
+    if (rc == 0) {
+        r->sent_input = 1;
+        rc = send_report(a, r);
+    }
+    return rc;
+}
+
+static void work_train(uv_work_t *w)
+{
+    round_t *r = w->data;
+    fl_client_agent_t *a = r->a;
+    r->train_rc = fl_client_update(r->model, a->o.data, &r->tc, r->codec,
+                                   r->residual, a->o.seed ^ r->id, r->ring,
+                                   r->secagg ? NULL : &r->payload, &r->stats);
+}
+
+static void agent_release(fl_client_agent_t *a);
+
+static void after_train(uv_work_t *w, int status)
+{
+    round_t *r = w->data;
+    fl_client_agent_t *a = r->a;
+    r->training = 0;
+    r->trained = 1;
+    a->trainings--;
+    if (status < 0 && r->train_rc == 0)
+        r->train_rc = FL_EABORTED;
+    if (r->abandoned || a->round != r) {
+        round_free(r);
+        if (a->freeing)
+            agent_release(a);
+        return;
+    }
+    if (r->train_rc < 0) {
+        round_end(a, r->train_rc, "local training failed");
+        return;
+    }
+    int rc = 0;
+    if (!r->secagg)
+        rc = send_input(a, r, NULL);
+    else if (r->pending_masked)
+        rc = send_input(a, r, r->pending_masked->masked_input_request);
+    if (rc < 0) {
+        fail(a, rc, "cannot send the masked input");
+        round_end(a, rc, "cannot send the masked input");
+    }
+}
+
+static int codec_from_proto(const Flotilla__CodecConfig *cc, int secagg,
+                            fl_compress_config_t *out)
+{
+    fl_compress_config_init(out);
+    switch (cc->support) {
+    case FLOTILLA__SUPPORT_KIND__SUPPORT_DENSE:
+        out->support = FL_COMPRESS_SUPPORT_DENSE;
+        break;
+    case FLOTILLA__SUPPORT_KIND__SUPPORT_RANDOM_K:
+        out->support = FL_COMPRESS_SUPPORT_RANDOM_K;
+        break;
+    case FLOTILLA__SUPPORT_KIND__SUPPORT_TOP_K:
+        out->support = FL_COMPRESS_SUPPORT_TOP_K_NO_SECAGG;
+        break;
+    default:
+        return FL_ENOTSUP;
+    }
+    out->support_seed = cc->support_seed;
+    out->support_size = cc->support_size;
+    out->quant_bits = cc->quant_bits;
+    out->rotate = cc->rotate;
+    out->rotation_seed = cc->rotation_seed;
+    out->clip_norm = cc->clip_norm;
+    out->range_factor = cc->range_factor;
+    out->scale = cc->scale;
+    out->error_feedback = cc->error_feedback;
+    out->quant_seed = cc->quant_seed;
+    out->secagg = secagg;
+    out->ring_bits = cc->ring_bits;
+    out->max_summands = cc->max_summands;
+    return 0;
+}
+
+static int decline(fl_client_agent_t *a, uint64_t round, const char *why)
+{
+    Flotilla__RoundAccept acc = FLOTILLA__ROUND_ACCEPT__INIT;
+    acc.round = round;
+    acc.accept = 0;
+    acc.reason = (char *)why;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT;
+    e.round_accept = &acc;
+    event(a, FL_CLIENT_EV_DECLINED, round, a->version, 0, why);
+    return send_env(a, &e);
+}
+
+static int start_fetch(fl_client_agent_t *a, uint64_t version);
+
+/* Takes the invitation envelope (owned) on success or failure. */
+static int on_invite(fl_client_agent_t *a, fl_envelope_t *env)
+{
+    const Flotilla__RoundConfig *cfg =
+        env->round_invite ? env->round_invite->config : NULL;
+    round_t *r = NULL;
+    int rc = 0;
+    char why[128];
+    if (!cfg || !cfg->training || !cfg->codec || !cfg->secagg ||
+        !cfg->deadlines) {
+        fl_proto_free(env);
+        return fail(a, FL_EPROTO, "invitation without a full RoundConfig");
+    }
+    uint64_t round = cfg->round;
+    if (a->round) { /* a new invitation ends what is left of the last one */
+        round_end(a, FL_EABORTED, "superseded by a new invitation");
+    }
+    if (a->model && cfg->model_version != a->version && a->trainings == 0) {
+        /* A version committed while a training was in flight. */
+        uint64_t v;
+        char dir[FL_CLIENT_STORE_PATH_MAX];
+        if (fl_client_store_current(a->state_dir, &v, dir, sizeof dir) == 0 &&
+            v == cfg->model_version && load_current_model(a) == 0) {
+            residual_fit(a);
+            event(a, FL_CLIENT_EV_MODEL, 0, a->version, 0,
+                  "model verified and in use");
+        }
+    }
+    if (!a->model || cfg->model_version != a->version) {
+        if (a->model == NULL || cfg->model_version > a->version)
+            start_fetch(a, cfg->model_version);
+        rc = decline(a, round, "model out of date");
+        fl_proto_free(env);
+        return rc;
+    }
+    if (a->o.eligible && !a->o.eligible(a->o.ctx, why, sizeof why)) {
+        rc = decline(a, round, why);
+        fl_proto_free(env);
+        return rc;
+    }
+    const Flotilla__TrainingConfig *t = cfg->training;
+    size_t d = fl_model_num_params(a->model);
+    if (cfg->num_params != d || cfg->round_nonce.len != 32 ||
+        t->local_steps < 1 || t->local_steps > 10000 || t->batch_size < 1 ||
+        t->batch_size > 1024 || t->seq_len < 1 ||
+        (int)t->seq_len > fl_model_config(a->model)->seq_len ||
+        !(t->learning_rate > 0 && t->learning_rate < 10) ||
+        (t->optimizer != FLOTILLA__OPTIMIZER__OPTIMIZER_ADAMW &&
+         t->optimizer != FLOTILLA__OPTIMIZER__OPTIMIZER_SGD) ||
+        cfg->client_id < 1) {
+        rc = decline(a, round, "round configuration not acceptable");
+        fl_proto_free(env);
+        return rc;
+    }
+
+    r = fl_calloc(1, sizeof *r);
+    if (!r) {
+        fl_proto_free(env);
+        return FL_ENOMEM;
+    }
+    r->a = a;
+    r->invite = env;
+    r->cfg = cfg;
+    r->round = round;
+    r->id = cfg->client_id;
+    r->secagg = cfg->secagg->enabled;
+    r->d = d;
+    r->model = a->model;
+    r->up0 = a->bytes_up;
+    r->down0 = a->bytes_down;
+    fl_buf_init(&r->payload, 1u << 30);
+    r->tc = (fl_client_train_cfg_t){
+        .local_steps = t->local_steps,
+        .batch_size = t->batch_size,
+        .seq_len = t->seq_len,
+        .learning_rate = t->learning_rate,
+        .optimizer = t->optimizer == FLOTILLA__OPTIMIZER__OPTIMIZER_SGD
+                         ? FL_MODEL_SGD
+                         : FL_MODEL_ADAMW,
+        .weight_decay = t->weight_decay,
+        .momentum = t->momentum,
+        .grad_clip = t->grad_clip,
+        .seed = t->seed,
+    };
+
+    fl_compress_config_t cc;
+    if ((rc = codec_from_proto(cfg->codec, r->secagg, &cc)) < 0 ||
+        (rc = fl_compress_config_check(&cc, d)) < 0 ||
+        (rc = fl_compress_new(&r->codec, &cc, d)) < 0) {
+        round_free(r);
+        return decline(a, round, "codec not acceptable");
+    }
+    r->m = fl_compress_value_count(r->codec);
+    if (r->secagg) {
+        r->ring = fl_calloc(r->m ? r->m : 1, sizeof *r->ring);
+        if (!r->ring) {
+            round_free(r);
+            return FL_ENOMEM;
+        }
+    }
+    if (cc.error_feedback && (rc = residual_fit(a)) == 0) {
+        r->residual = fl_malloc(d * sizeof *r->residual);
+        if (!r->residual) {
+            round_free(r);
+            return FL_ENOMEM;
+        }
+        memcpy(r->residual, a->residual, d * sizeof *r->residual);
+    }
+    if (r->secagg) {
+        fl_secagg_round_t sr;
+        memset(&sr, 0, sizeof sr);
+        sr.round = round;
+        memcpy(sr.round_nonce, cfg->round_nonce.data, 32);
+        sr.dim = r->m;
+        sr.config = cfg->secagg;
+        uint8_t sk[FL_ARTIFACT_SECRET_BYTES];
+        fl_artifact_key_secret(a->o.identity, sk);
+        rc = fl_secagg_client_new(&sr, r->id, sk, &r->sa);
+        sodium_memzero(sk, sizeof sk);
+        if (rc < 0) {
+            round_free(r);
+            return decline(a, round, "secure aggregation not acceptable");
+        }
+    }
+
+    /* Accept, advertise keys at once (they do not depend on the update),
+     * and train on the thread pool meanwhile. */
+    Flotilla__RoundAccept acc = FLOTILLA__ROUND_ACCEPT__INIT;
+    acc.round = round;
+    acc.accept = 1;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT;
+    e.round_accept = &acc;
+    a->round = r;
+    if ((rc = send_env(a, &e)) < 0)
+        goto fail;
+    if (r->secagg) {
+        Flotilla__AdvertiseKeys *adv = NULL;
+        if ((rc = fl_secagg_client_advertise(r->sa, &adv)) < 0)
+            goto fail;
+        fl_envelope_t ae = FLOTILLA__ENVELOPE__INIT;
+        ae.body_case = FLOTILLA__ENVELOPE__BODY_ADVERTISE_KEYS;
+        ae.advertise_keys = adv;
+        rc = send_env(a, &ae);
+        fl_secagg_msg_free(adv);
+        if (rc < 0)
+            goto fail;
+    }
+    r->work.data = r;
+    r->training = 1;
+    a->trainings++;
+    if ((rc = uv_queue_work(a->o.loop, &r->work, work_train, after_train)) <
+        0) {
+        r->training = 0;
+        a->trainings--;
+        rc = FL_EIO;
+        goto fail;
+    }
+    return 0;
+fail:
+    round_end(a, rc, "cannot take part");
+    return rc;
+}
+
+/* Checks that a round message belongs to the current round. */
+static round_t *current_round(fl_client_agent_t *a, uint64_t round)
+{
+    return (a->round && a->round->round == round) ? a->round : NULL;
+}
+
+static int on_share_keys(fl_client_agent_t *a,
+                         const Flotilla__ShareKeysRequest *m)
+{
+    round_t *r = current_round(a, m->round);
+    if (!r || !r->secagg)
+        return 0; /* a late message of a round we left: ignored */
+    Flotilla__ShareKeysResponse *out = NULL;
+    int rc = fl_secagg_client_share_keys(r->sa, m, &out);
+    if (rc < 0) {
+        round_end(a, rc, "share-keys request refused");
+        return fail(a, rc, "share-keys request refused");
+    }
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_RESPONSE;
+    e.share_keys_response = out;
+    rc = send_env(a, &e);
+    fl_secagg_msg_free(out);
+    return rc;
+}
+
+/* Takes env (owned). */
+static int on_masked_request(fl_client_agent_t *a, fl_envelope_t *env)
+{
+    const Flotilla__MaskedInputRequest *m = env->masked_input_request;
+    round_t *r = current_round(a, m->round);
+    int rc = 0;
+    if (!r || !r->secagg || r->sent_input || r->pending_masked) {
+        fl_proto_free(env);
+        return 0;
+    }
+    if (!r->trained) {
+        r->pending_masked = env; /* answered when training ends */
+        return 0;
+    }
+    rc = send_input(a, r, m);
+    fl_proto_free(env);
+    if (rc < 0) {
+        round_end(a, rc, "masked input refused");
+        return fail(a, rc, "masked input refused");
+    }
+    return 0;
+}
+
+static int on_unmasking(fl_client_agent_t *a,
+                        const Flotilla__UnmaskingRequest *m)
+{
+    round_t *r = current_round(a, m->round);
+    if (!r || !r->secagg)
+        return 0;
+    Flotilla__UnmaskingResponse *out = NULL;
+    int rc = fl_secagg_client_unmask(r->sa, m, &out);
+    if (rc < 0) {
+        round_end(a, rc, "unmasking request refused");
+        return fail(a, rc, "unmasking request refused");
+    }
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_UNMASKING_RESPONSE;
+    e.unmasking_response = out;
+    rc = send_env(a, &e);
+    fl_secagg_msg_free(out);
+    return rc;
+}
+
+/* ---- model download ---- */
+
+static void fetch_reset(fl_client_agent_t *a)
+{
+    fl_artifact_manifest_free(a->fetch.manifest);
+    memset(&a->fetch, 0, sizeof a->fetch);
+}
+
+static int start_fetch(fl_client_agent_t *a, uint64_t version)
+{
+    if (a->fetch.active && a->fetch.version >= version)
+        return 0;
+    fetch_reset(a);
+    a->fetch.active = 1;
+    a->fetch.version = version;
+    Flotilla__ManifestRequest req = FLOTILLA__MANIFEST_REQUEST__INIT;
+    req.version = version;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_MANIFEST_REQUEST;
+    e.manifest_request = &req;
+    return send_env(a, &e);
+}
+
+/* Asks for the next missing piece, or finishes the download. */
+static int fetch_next(fl_client_agent_t *a);
+
+static int fetch_finish(fl_client_agent_t *a)
+{
+    char why[160] = "";
+    uint64_t v = a->fetch.version;
+    int rc = fl_artifact_verify_dir(a->fetch.dir, a->o.signing_pub, NULL, why,
+                                    sizeof why);
+    if (rc < 0) {
+        /* Never used: the staged files are discarded. */
+        char p[FL_CLIENT_STORE_PATH_MAX];
+        for (size_t i = 0; i < a->fetch.manifest->nfiles; i++)
+            if (path_in(a->fetch.dir, a->fetch.manifest->files[i].name, p,
+                        sizeof p) == 0)
+                unlink(p);
+        fetch_reset(a);
+        event(a, FL_CLIENT_EV_MODEL_REFUSED, 0, v, rc, why);
+        return 0;
+    }
+    fetch_reset(a);
+    if ((rc = fl_client_store_commit(a->state_dir, v)) < 0) {
+        event(a, FL_CLIENT_EV_MODEL_REFUSED, 0, v, rc, "cannot store it");
+        return 0;
+    }
+    if (a->round) /* the training in flight keeps reading the old model */
+        round_end(a, FL_EABORTED, "a new model version arrived");
+    if (a->trainings > 0) {
+        /* The old model is still read by a worker: load the new one at the
+         * next invitation instead. */
+        return 0;
+    }
+    uint64_t old = a->version;
+    rc = load_current_model(a);
+    if (rc < 0 || a->version != v) {
+        event(a, FL_CLIENT_EV_MODEL_REFUSED, 0, v, rc < 0 ? rc : FL_EFORMAT,
+              "the new version does not load; rolled back");
+        return 0;
+    }
+    if (residual_fit(a) < 0)
+        return FL_ENOMEM;
+    (void)old;
+    event(a, FL_CLIENT_EV_MODEL, 0, v, 0, "model verified and in use");
+    return 0;
+}
+
+static int fetch_next(fl_client_agent_t *a)
+{
+    fetch_t *f = &a->fetch;
+    while (f->file < f->manifest->nfiles) {
+        const fl_artifact_file_t *fi = &f->manifest->files[f->file];
+        char p[FL_CLIENT_STORE_PATH_MAX];
+        struct stat st;
+        if (path_in(f->dir, fi->name, p, sizeof p) < 0)
+            return FL_ETOOBIG;
+        f->offset = stat(p, &st) == 0 ? (uint64_t)st.st_size : 0;
+        if (f->offset > fi->size) { /* not this version's file */
+            unlink(p);
+            f->offset = 0;
+        }
+        if (f->offset < fi->size) {
+            Flotilla__ChunkRequest req = FLOTILLA__CHUNK_REQUEST__INIT;
+            req.version = f->version;
+            req.file = (char *)fi->name;
+            req.offset = f->offset;
+            req.length =
+                (uint32_t)FL_MIN((uint64_t)CHUNK_BYTES, fi->size - f->offset);
+            fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+            e.body_case = FLOTILLA__ENVELOPE__BODY_CHUNK_REQUEST;
+            e.chunk_request = &req;
+            return send_env(a, &e);
+        }
+        f->file++;
+    }
+    return fetch_finish(a);
+}
+
+static int on_manifest(fl_client_agent_t *a,
+                       const Flotilla__ManifestResponse *m)
+{
+    fetch_t *f = &a->fetch;
+    char why[160] = "", dir[FL_CLIENT_STORE_PATH_MAX],
+         p[FL_CLIENT_STORE_PATH_MAX];
+    int rc;
+    if (!f->active)
+        return 0;
+    if (m->signature.len != FL_ARTIFACT_SIG_BYTES ||
+        m->manifest_json.len > FL_ARTIFACT_MANIFEST_MAX)
+        return fail(a, FL_EPROTO, "malformed manifest response");
+    /* The signature first: nothing in an unsigned manifest is looked at. */
+    rc = fl_artifact_sig_verify(a->o.signing_pub, m->manifest_json.data,
+                                m->manifest_json.len, m->signature.data);
+    if (rc == 0)
+        rc = fl_artifact_manifest_parse(m->manifest_json.data,
+                                        m->manifest_json.len, &f->manifest, why,
+                                        sizeof why);
+    if (rc == 0 && (f->manifest->version <= a->version ||
+                    (f->version && f->manifest->version != f->version))) {
+        rc = FL_EVERSION; /* a replayed or unexpected version */
+        snprintf(why, sizeof why, "version %" PRIu64 " not newer than %" PRIu64,
+                 f->manifest->version, a->version);
+    }
+    if (rc < 0) {
+        uint64_t v = f->version;
+        fetch_reset(a);
+        event(a, FL_CLIENT_EV_MODEL_REFUSED, 0, v, rc,
+              why[0] ? why : "manifest signature does not verify");
+        return 0;
+    }
+    f->version = f->manifest->version;
+    if ((rc = fl_client_store_staging(a->state_dir, f->version, dir,
+                                      sizeof dir)) < 0)
+        return fail(a, rc, "cannot stage the download");
+    memcpy(f->dir, dir, sizeof f->dir);
+    /* A staged manifest of another content means the staged files are of
+     * another build of this version: start over. */
+    uint8_t *old = NULL;
+    size_t oldlen = 0;
+    if (path_in(dir, FL_ARTIFACT_MANIFEST, p, sizeof p) == 0 &&
+        fl_file_read_all(p, FL_ARTIFACT_MANIFEST_MAX, &old, &oldlen) == 0) {
+        if (oldlen != m->manifest_json.len ||
+            memcmp(old, m->manifest_json.data, oldlen) != 0)
+            for (size_t i = 0; i < f->manifest->nfiles; i++) {
+                char fp[FL_CLIENT_STORE_PATH_MAX];
+                if (path_in(dir, f->manifest->files[i].name, fp, sizeof fp) ==
+                    0)
+                    unlink(fp);
+            }
+        fl_free(old);
+    }
+    if ((rc = fl_file_write_atomic(p, m->manifest_json.data,
+                                   m->manifest_json.len, 0600)) < 0 ||
+        (rc = path_in(dir, FL_ARTIFACT_SIGNATURE, p, sizeof p)) < 0 ||
+        (rc = fl_file_write_atomic(p, m->signature.data, m->signature.len,
+                                   0600)) < 0)
+        return fail(a, rc, "cannot stage the manifest");
+    f->file = 0;
+    rc = fetch_next(a);
+    return rc < 0 ? fail(a, rc, "download failed") : 0;
+}
+
+static int on_chunk(fl_client_agent_t *a, const Flotilla__Chunk *c)
+{
+    fetch_t *f = &a->fetch;
+    if (!f->active || !f->manifest || f->file >= f->manifest->nfiles)
+        return 0;
+    const fl_artifact_file_t *fi = &f->manifest->files[f->file];
+    if (c->version != f->version || !c->file || strcmp(c->file, fi->name) ||
+        c->offset != f->offset || c->total_size != fi->size ||
+        c->data.len == 0 || c->data.len > fi->size - f->offset)
+        return fail(a, FL_EPROTO, "unexpected chunk");
+    char p[FL_CLIENT_STORE_PATH_MAX];
+    int rc = path_in(f->dir, fi->name, p, sizeof p);
+    if (rc < 0)
+        return fail(a, rc, "bad file name");
+    int fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return fail(a, fl_err_from_errno(errno), "cannot write the download");
+    size_t off = 0;
+    while (off < c->data.len) {
+        ssize_t w = write(fd, c->data.data + off, c->data.len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            rc = fl_err_from_errno(errno);
+            break;
+        }
+        off += (size_t)w;
+    }
+    if (rc == 0 && f->offset + c->data.len == fi->size && fsync(fd) < 0)
+        rc = fl_err_from_errno(errno);
+    close(fd);
+    if (rc < 0)
+        return fail(a, rc, "cannot write the download");
+    rc = fetch_next(a);
+    return rc < 0 ? fail(a, rc, "download failed") : 0;
+}
+
+/* ---- hello ---- */
+
+static int on_server_hello(fl_client_agent_t *a, const Flotilla__ServerHello *h)
+{
+    if (a->hello_done || h->nonce.len != 32)
+        return fail(a, FL_EPROTO, "unexpected server hello");
+    if (h->protocol_version != FL_PROTOCOL_VERSION)
+        return fail(a, FL_EVERSION, "server speaks another protocol version");
+    memcpy(a->nonce, h->nonce.data, 32);
+
+    uint8_t pk[32], sig[64], msg[sizeof HELLO_LABEL - 1 + 32 + 32 + 4];
+    fl_artifact_key_public(a->o.identity, pk);
+    size_t n = sizeof HELLO_LABEL - 1;
+    memcpy(msg, HELLO_LABEL, n);
+    memcpy(msg + n, a->nonce, 32);
+    memcpy(msg + n + 32, pk, 32);
+    put_be32(msg + n + 64, FL_PROTOCOL_VERSION);
+    int rc = fl_artifact_sign(a->o.identity, msg, sizeof msg, sig);
+    if (rc < 0)
+        return fail(a, rc, "cannot sign the hello");
+
+    char *caps[3];
+    size_t ncaps = 0;
+    caps[ncaps++] = "chacha20";
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("aes"))
+        caps[ncaps++] = "aes";
+#endif
+    Flotilla__ClientHello ch = FLOTILLA__CLIENT_HELLO__INIT;
+    ch.protocol_version = FL_PROTOCOL_VERSION;
+    ch.identity_key.data = pk;
+    ch.identity_key.len = 32;
+    ch.signature.data = sig;
+    ch.signature.len = 64;
+    ch.capabilities = caps;
+    ch.n_capabilities = ncaps;
+    ch.model_version = a->version;
+    ch.client_version = (char *)FL_VERSION;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_CLIENT_HELLO;
+    e.client_hello = &ch;
+    return send_env(a, &e);
+}
+
+static int on_hello_result(fl_client_agent_t *a, const Flotilla__HelloResult *r)
+{
+    if (a->hello_done)
+        return fail(a, FL_EPROTO, "unexpected hello result");
+    if (!r->accepted) {
+        event(a, FL_CLIENT_EV_REFUSED, 0, a->version, (int)r->reason,
+              "the server refused this device");
+        if (a->io)
+            a->io->close(a->ioctx, FL_EDENIED);
+        return FL_EDENIED;
+    }
+    a->hello_done = 1;
+    event(a, FL_CLIENT_EV_HELLO, 0, a->version, 0, "connected");
+    if (r->current_model_version > a->version)
+        return start_fetch(a, r->current_model_version);
+    return 0;
+}
+
+/* ---- dispatch ---- */
+
+int fl_client_agent_on_frame(fl_client_agent_t *a, const uint8_t *payload,
+                             size_t len)
+{
+    fl_envelope_t *e = NULL;
+    a->bytes_down += len + FL_FRAME_HEADER_LEN;
+    int rc = fl_proto_decode(payload, len, a->o.max_frame, &e);
+    if (rc < 0)
+        return fail(a, rc, "undecodable frame");
+    int body = e->body_case;
+    if (!a->hello_done && body != FLOTILLA__ENVELOPE__BODY_SERVER_HELLO &&
+        body != FLOTILLA__ENVELOPE__BODY_HELLO_RESULT &&
+        body != FLOTILLA__ENVELOPE__BODY_HEARTBEAT &&
+        body != FLOTILLA__ENVELOPE__BODY_ERROR) {
+        fl_proto_free(e);
+        return fail(a, FL_ESTATE, "message before the hello completed");
+    }
+    switch (body) {
+    case FLOTILLA__ENVELOPE__BODY_SERVER_HELLO:
+        rc = on_server_hello(a, e->server_hello);
+        break;
+    case FLOTILLA__ENVELOPE__BODY_HELLO_RESULT:
+        rc = on_hello_result(a, e->hello_result);
+        break;
+    case FLOTILLA__ENVELOPE__BODY_HEARTBEAT:
+        rc = 0;
+        break;
+    case FLOTILLA__ENVELOPE__BODY_ROUND_INVITE:
+        return on_invite(a, e); /* takes e */
+    case FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_REQUEST:
+        rc = on_share_keys(a, e->share_keys_request);
+        break;
+    case FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_REQUEST:
+        return on_masked_request(a, e); /* takes e */
+    case FLOTILLA__ENVELOPE__BODY_UNMASKING_REQUEST:
+        rc = on_unmasking(a, e->unmasking_request);
+        break;
+    case FLOTILLA__ENVELOPE__BODY_ROUND_RESULT: {
+        const Flotilla__RoundResult *r = e->round_result;
+        if (current_round(a, r->round))
+            round_end(a, r->success ? 0 : FL_EABORTED,
+                      r->success ? "round complete" : "round failed");
+        if (r->success && r->new_model_version > a->version)
+            rc = start_fetch(a, r->new_model_version);
+        break;
+    }
+    case FLOTILLA__ENVELOPE__BODY_ABORT:
+        if (current_round(a, e->abort->round))
+            round_end(a, FL_EABORTED,
+                      e->abort->message ? e->abort->message : "aborted");
+        rc = 0;
+        break;
+    case FLOTILLA__ENVELOPE__BODY_MANIFEST_RESPONSE:
+        rc = on_manifest(a, e->manifest_response);
+        break;
+    case FLOTILLA__ENVELOPE__BODY_CHUNK:
+        rc = on_chunk(a, e->chunk);
+        break;
+    case FLOTILLA__ENVELOPE__BODY_ERROR:
+        rc = 0; /* the server closes after it */
+        break;
+    default:
+        rc = fail(a, FL_EPROTO, "message a server does not send");
+        break;
+    }
+    fl_proto_free(e);
+    return rc;
+}
+
+/* ---- life cycle ---- */
+
+int fl_client_agent_new(const fl_client_agent_opts_t *o,
+                        fl_client_agent_t **out)
+{
+    int rc;
+    *out = NULL;
+    if (!o->loop || !o->state_dir || !o->identity || !o->data)
+        return FL_EINVAL;
+    fl_client_agent_t *a = fl_calloc(1, sizeof *a);
+    if (!a)
+        return FL_ENOMEM;
+    a->o = *o;
+    if (!a->o.max_frame)
+        a->o.max_frame = FL_FRAME_DEFAULT_MAX;
+    if (snprintf(a->state_dir, sizeof a->state_dir, "%s", o->state_dir) >=
+        (int)sizeof a->state_dir) {
+        rc = FL_ETOOBIG;
+        goto fail;
+    }
+    a->o.state_dir = a->state_dir;
+    if ((rc = fl_mkdir_p(a->state_dir, 0700)) < 0 ||
+        (rc = load_current_model(a)) < 0)
+        goto fail;
+    if (a->model) {
+        char p[FL_CLIENT_STORE_PATH_MAX];
+        uint64_t v;
+        float *r = NULL;
+        size_t n = 0;
+        size_t d = fl_model_num_params(a->model);
+        if (path_in(a->state_dir, RESIDUAL_FILE, p, sizeof p) == 0 &&
+            fl_client_residual_load(p, FL_MIN(d, MAX_PARAMS), &r, &n, &v) ==
+                0 &&
+            n == d) {
+            a->residual = r;
+            a->residual_n = n;
+        } else {
+            fl_free(r); /* missing, damaged or of another shape: start over */
+        }
+    }
+    *out = a;
+    return 0;
+fail:
+    fl_model_free(a->model);
+    fl_free(a);
+    return rc;
+}
+
+static void agent_release(fl_client_agent_t *a)
+{
+    if (a->trainings > 0)
+        return;
+    fetch_reset(a);
+    fl_model_free(a->model);
+    fl_free(a->residual);
+    fl_free(a);
+}
+
+void fl_client_agent_free(fl_client_agent_t *a)
+{
+    if (!a)
+        return;
+    a->connected = 0;
+    a->io = NULL;
+    if (a->round)
+        round_end(a, FL_EABORTED, "shutting down");
+    a->freeing = 1;
+    agent_release(a);
+}
+
+void fl_client_agent_connected(fl_client_agent_t *a, const fl_client_io_t *io,
+                               void *ioctx)
+{
+    a->io = io;
+    a->ioctx = ioctx;
+    a->connected = 1;
+    a->hello_done = 0;
+}
+
+void fl_client_agent_disconnected(fl_client_agent_t *a)
+{
+    a->connected = 0;
+    a->hello_done = 0;
+    a->io = NULL;
+    a->ioctx = NULL;
+    if (a->round)
+        round_end(a, FL_ECLOSED, "connection lost");
+    a->fetch.active = 0; /* the staged files stay: the next one resumes */
+    fl_artifact_manifest_free(a->fetch.manifest);
+    a->fetch.manifest = NULL;
+}
+
+fl_model_t *fl_client_agent_model(fl_client_agent_t *a, uint64_t *version)
+{
+    if (version)
+        *version = a->version;
+    return a->model;
+}
+
+void fl_client_agent_bytes(const fl_client_agent_t *a, uint64_t *up,
+                           uint64_t *down)
+{
+    *up = a->bytes_up;
+    *down = a->bytes_down;
+}
