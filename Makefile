@@ -69,14 +69,16 @@ TEST_SRCS :=
 FUZZ_SRCS :=
 CHECK_DEPS :=
 
+LIB := $(BUILD)/libflotilla.a
+BIN := $(BUILD)/flotilla
+
 include $(sort $(wildcard */module.mk))
 
-.SECONDARY: $(GEN_HDRS) $(GEN_SRCS)
+# Nothing built here is a throw-away intermediate (generated code, fuzz objects).
+.SECONDARY:
 
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(GEN_SRCS:%.c=%.o)
 CLI_OBJS  := $(CLI_SRCS:%.c=$(BUILD)/%.o)
-LIB       := $(BUILD)/libflotilla.a
-BIN       := $(BUILD)/flotilla
 
 .PHONY: all check lint depcheck fuzz install clean deps sim format
 .DEFAULT_GOAL := all
@@ -119,9 +121,17 @@ depcheck:
 format:
 	$(Q)clang-format -i $$(git ls-files --cached --others --exclude-standard '*.c' '*.h')
 
+# The binary, the man page, example configurations, systemd units and docs.
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
 install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(PREFIX)/share/doc/flotilla/examples $(DESTDIR)$(SYSTEMD_UNIT_DIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/flotilla
+	install -m 0644 docs/man/flotilla.1 $(DESTDIR)$(PREFIX)/share/man/man1/flotilla.1
+	install -m 0644 deploy/*.example.ini $(DESTDIR)$(PREFIX)/share/doc/flotilla/examples/
+	install -m 0755 deploy/make-ca.sh $(DESTDIR)$(PREFIX)/share/doc/flotilla/examples/
+	install -m 0644 deploy/systemd/*.service $(DESTDIR)$(SYSTEMD_UNIT_DIR)/
+	install -m 0644 README.md $$(ls docs/*.md) $(DESTDIR)$(PREFIX)/share/doc/flotilla/
 
 clean:
 	rm -rf build

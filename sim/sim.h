@@ -1,0 +1,118 @@
+/*
+ * sim/sim.h — the fleet simulator: splitting a corpus into virtual devices,
+ * and writing a run's results (metrics.csv, summary.json, plots).
+ *
+ * A corpus is a set of records (one fortune, one paragraph) each tagged
+ * with its topic (the file it came from). A partition gives every virtual
+ * client its own training and validation records, and keeps some topics
+ * aside as public data for pre-training the initial global model. One seed
+ * always gives one partition.
+ *
+ * Ownership: handles are returned owned and released with their _free;
+ * pointer arguments are borrowed. Thread-safety: a handle belongs to one
+ * thread.
+ */
+#ifndef FL_SIM_H
+#define FL_SIM_H
+
+#include "common/common.h"
+
+/* ---- corpus ----------------------------------------------------------------
+ */
+typedef struct {
+    size_t off, len; /* bytes of the record in the corpus text */
+    int topic;       /* index into topics */
+} fl_sim_record_t;
+
+typedef struct {
+    fl_buf_t text;            /* every record's bytes, back to back */
+    fl_sim_record_t *records; /* [n_records] */
+    size_t n_records, cap_records;
+    char **topics; /* [n_topics] names, owned */
+    int n_topics;
+} fl_sim_corpus_t;
+
+void fl_sim_corpus_init(fl_sim_corpus_t *c, size_t max_bytes);
+void fl_sim_corpus_free(fl_sim_corpus_t *c);
+/* Adds one topic's text, cut into records: a line holding only '%' (the
+ * fortune format) separates records when present; otherwise blank lines do.
+ * Empty records are dropped. FL_ETOOBIG past the corpus' max_bytes. */
+int fl_sim_corpus_add_topic(fl_sim_corpus_t *c, const char *name,
+                            const char *text, size_t len);
+
+/* ---- partition ------------------------------------------------------------
+ */
+typedef enum {
+    FL_SIM_SPLIT_TOPIC = 0, /* each client's records come from one topic */
+    FL_SIM_SPLIT_DIRICHLET =
+        1, /* per topic, shares over clients ~ Dir(alpha) */
+} fl_sim_split_mode_t;
+
+typedef struct {
+    int mode;            /* fl_sim_split_mode_t */
+    double alpha;        /* Dirichlet concentration, > 0 */
+    int n_clients;       /* >= 1 */
+    int n_public_topics; /* topics held out as public data, < n_topics */
+    double val_fraction; /* of each client's records, in [0, 0.9] */
+    uint64_t seed;
+} fl_sim_split_t;
+
+typedef struct {
+    int n_clients;
+    /* Client i trains on records train_idx[train_off[i] .. train_off[i+1])
+     * and validates on val_idx[val_off[i] .. val_off[i+1]). */
+    size_t *train_off, *train_idx;
+    size_t *val_off, *val_idx;
+    int *client_topic;  /* [n_clients]; the topic (TOPIC mode), else -1 */
+    size_t *public_idx; /* records of the held-out topics */
+    size_t n_public;
+    int *public_topics; /* [n_public_topics] */
+    int n_public_topics;
+} fl_sim_partition_t;
+
+/* Splits the corpus. Every record of a non-public topic goes to exactly one
+ * client (train or validation) or, when a topic has no client, nowhere;
+ * every record of a public topic goes to public_idx. FL_EINVAL for a bad
+ * configuration (no topic left for clients, alpha <= 0...). */
+int fl_sim_partition(const fl_sim_corpus_t *c, const fl_sim_split_t *cfg,
+                     fl_sim_partition_t *out);
+void fl_sim_partition_free(fl_sim_partition_t *p);
+
+/* ---- results ----------------------------------------------------------------
+ */
+typedef struct {
+    int round;
+    double train_loss; /* mean over participants, before local training */
+    double val_loss;   /* global model on held-out client data */
+    double val_ppl;    /* exp(val_loss) */
+    int participants;  /* invited and accepted */
+    int survivors;     /* whose input is in the sum */
+    double bytes_up;   /* per participating client */
+    double bytes_down; /* per participating client */
+    double round_s;    /* wall time */
+    double epsilon;    /* cumulative */
+} fl_sim_round_row_t;
+
+typedef struct fl_sim_results fl_sim_results_t;
+
+/* Creates dir (and parents) and dir/metrics.csv with its header line. */
+int fl_sim_results_new(const char *dir, fl_sim_results_t **out);
+void fl_sim_results_free(fl_sim_results_t *r);
+/* Appends one row and flushes it, so a killed run keeps its rows. */
+int fl_sim_results_add(fl_sim_results_t *r, const fl_sim_round_row_t *row);
+/* Writes dir/summary.json atomically from a JSON text (the caller builds
+ * it; see cli/cmd_sim.c for the keys). */
+int fl_sim_results_summary(fl_sim_results_t *r, const char *json_text);
+
+/* Draws PNG plots with gnuplot from one or more runs' metrics.csv files:
+ * out_dir/val_loss.png, bytes.png and epsilon.png, one line per run,
+ * labelled by names[i]. FL_ENOTSUP when gnuplot is not installed. */
+int fl_sim_plot(const char *out_dir, const char *const *csv_paths,
+                const char *const *names, int n_runs);
+
+/* ---- progress ---------------------------------------------------------- */
+/* One line, redrawn in place on a terminal: round, loss and time left. */
+void fl_sim_progress(FILE *tty, int round, int rounds, double loss,
+                     double elapsed_s);
+
+#endif

@@ -1,0 +1,245 @@
+/* tests/unit/check_sim.c — corpus records, client partitions and results. */
+#include "sim/sim.h"
+#include "tests/unit/testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void make_corpus(fl_sim_corpus_t *c, int topics, int per_topic)
+{
+    fl_sim_corpus_init(c, 1 << 24);
+    for (int t = 0; t < topics; t++) {
+        fl_buf_t b;
+        fl_buf_init(&b, 1 << 20);
+        int n = per_topic * (t + 1); /* topics of different sizes */
+        for (int i = 0; i < n; i++)
+            ck_assert_int_eq(
+                fl_buf_printf(&b, "topic %d record %d\nline two\n%%\n", t, i),
+                0);
+        char name[16];
+        snprintf(name, sizeof name, "t%d", t);
+        ck_assert_int_eq(
+            fl_sim_corpus_add_topic(c, name, (char *)b.data, b.len), 0);
+        fl_buf_free(&b);
+    }
+}
+
+START_TEST(test_corpus_records)
+{
+    fl_sim_corpus_t c;
+    fl_sim_corpus_init(&c, 1 << 20);
+    const char *fortunes = "first\nfortune\n%\nsecond\n%\n\n%\nthird";
+    ck_assert_int_eq(
+        fl_sim_corpus_add_topic(&c, "f", fortunes, strlen(fortunes)), 0);
+    ck_assert_uint_eq(c.n_records, 3);
+    ck_assert_int_eq(
+        memcmp(c.text.data + c.records[0].off, "first\nfortune\n", 14), 0);
+    ck_assert_uint_eq(c.records[0].len, 14);
+    ck_assert_int_eq(memcmp(c.text.data + c.records[2].off, "third\n", 6), 0);
+    const char *paras = "para one\nstill one\n\n\npara two\n";
+    ck_assert_int_eq(fl_sim_corpus_add_topic(&c, "p", paras, strlen(paras)), 0);
+    ck_assert_uint_eq(c.n_records, 5);
+    ck_assert_int_eq(c.records[3].topic, 1);
+    ck_assert_int_eq(memcmp(c.text.data + c.records[4].off, "para two\n", 9),
+                     0);
+    ck_assert_int_eq(c.n_topics, 2);
+    ck_assert_str_eq(c.topics[1], "p");
+    fl_sim_corpus_free(&c);
+    /* The size limit holds. */
+    fl_sim_corpus_init(&c, 10);
+    ck_assert_int_eq(
+        fl_sim_corpus_add_topic(&c, "x", fortunes, strlen(fortunes)),
+        FL_ETOOBIG);
+    fl_sim_corpus_free(&c);
+}
+END_TEST
+
+/* Every private record is in exactly one client's train or val list, every
+ * public record in public_idx; nothing else anywhere. */
+static void check_coverage(const fl_sim_corpus_t *c,
+                           const fl_sim_partition_t *p)
+{
+    int *seen = calloc(c->n_records, sizeof *seen);
+    int *pub = calloc((size_t)c->n_topics, sizeof *pub);
+    for (int k = 0; k < p->n_public_topics; k++)
+        pub[p->public_topics[k]] = 1;
+    for (int i = 0; i < p->n_clients; i++) {
+        for (size_t k = p->train_off[i]; k < p->train_off[i + 1]; k++)
+            seen[p->train_idx[k]]++;
+        for (size_t k = p->val_off[i]; k < p->val_off[i + 1]; k++)
+            seen[p->val_idx[k]]++;
+    }
+    for (size_t k = 0; k < p->n_public; k++)
+        seen[p->public_idx[k]] += 100;
+    for (size_t r = 0; r < c->n_records; r++)
+        ck_assert_int_eq(seen[r], pub[c->records[r].topic] ? 100 : 1);
+    free(seen);
+    free(pub);
+}
+
+START_TEST(test_partition_by_topic)
+{
+    fl_sim_corpus_t c;
+    make_corpus(&c, 6, 10);
+    fl_sim_split_t cfg = {.mode = FL_SIM_SPLIT_TOPIC,
+                          .n_clients = 20,
+                          .n_public_topics = 2,
+                          .val_fraction = 0.2,
+                          .seed = 5};
+    fl_sim_partition_t p, q;
+    ck_assert_int_eq(fl_sim_partition(&c, &cfg, &p), 0);
+    check_coverage(&c, &p);
+    for (int i = 0; i < p.n_clients; i++) {
+        int t = p.client_topic[i];
+        ck_assert_int_ge(t, 0);
+        for (int k = 0; k < p.n_public_topics; k++)
+            ck_assert_int_ne(t, p.public_topics[k]);
+        ck_assert_uint_gt(p.train_off[i + 1], p.train_off[i]);
+        for (size_t k = p.train_off[i]; k < p.train_off[i + 1]; k++)
+            ck_assert_int_eq(c.records[p.train_idx[k]].topic, t);
+        /* validation: about a fifth, at least one */
+        size_t nv = p.val_off[i + 1] - p.val_off[i];
+        size_t nt = p.train_off[i + 1] - p.train_off[i];
+        ck_assert_uint_ge(nv, 1);
+        ck_assert_uint_le(nv, (nv + nt) / 5 + 1);
+    }
+    /* One seed, one partition; another seed, another. */
+    ck_assert_int_eq(fl_sim_partition(&c, &cfg, &q), 0);
+    ck_assert_mem_eq(p.train_idx, q.train_idx,
+                     p.train_off[p.n_clients] * sizeof(size_t));
+    ck_assert_mem_eq(p.public_topics, q.public_topics, 2 * sizeof(int));
+    fl_sim_partition_free(&q);
+    cfg.seed = 6;
+    ck_assert_int_eq(fl_sim_partition(&c, &cfg, &q), 0);
+    ck_assert(memcmp(p.train_idx, q.train_idx,
+                     p.train_off[p.n_clients] * sizeof(size_t)) != 0);
+    fl_sim_partition_free(&q);
+    fl_sim_partition_free(&p);
+    /* Bad configurations. */
+    cfg.n_public_topics = 6;
+    ck_assert_int_eq(fl_sim_partition(&c, &cfg, &p), FL_EINVAL);
+    cfg.n_public_topics = 0;
+    cfg.n_clients = 0;
+    ck_assert_int_eq(fl_sim_partition(&c, &cfg, &p), FL_EINVAL);
+    fl_sim_corpus_free(&c);
+}
+END_TEST
+
+/* Mean over clients of the largest share one topic has in the client's
+ * records: 1 is one topic per client, 1/topics is IID. */
+static double mean_max_share(const fl_sim_corpus_t *c,
+                             const fl_sim_partition_t *p)
+{
+    double total = 0;
+    int counted = 0;
+    for (int i = 0; i < p->n_clients; i++) {
+        int cnt[16] = {0}, n = 0, mx = 0;
+        for (size_t k = p->train_off[i]; k < p->train_off[i + 1]; k++, n++)
+            cnt[c->records[p->train_idx[k]].topic]++;
+        if (n == 0)
+            continue;
+        for (int t = 0; t < 16; t++)
+            mx = cnt[t] > mx ? cnt[t] : mx;
+        total += (double)mx / n;
+        counted++;
+    }
+    return total / counted;
+}
+
+START_TEST(test_partition_dirichlet)
+{
+    fl_sim_corpus_t c;
+    make_corpus(&c, 8, 60);
+    fl_sim_split_t cfg = {.mode = FL_SIM_SPLIT_DIRICHLET,
+                          .alpha = 0.1,
+                          .n_clients = 30,
+                          .n_public_topics = 1,
+                          .val_fraction = 0.1,
+                          .seed = 9};
+    fl_sim_partition_t p;
+    ck_assert_int_eq(fl_sim_partition(&c, &cfg, &p), 0);
+    check_coverage(&c, &p);
+    double skewed = mean_max_share(&c, &p);
+    fl_sim_partition_free(&p);
+    cfg.alpha = 100;
+    ck_assert_int_eq(fl_sim_partition(&c, &cfg, &p), 0);
+    check_coverage(&c, &p);
+    double iid = mean_max_share(&c, &p);
+    fl_sim_partition_free(&p);
+    /* Small alpha concentrates each client on few topics; large alpha
+     * approaches the topic mix of the whole (largest topic 8/35 ~ 0.23). */
+    ck_assert_msg(skewed > 0.6, "alpha 0.1: %f", skewed);
+    ck_assert_msg(iid < 0.4, "alpha 100: %f", iid);
+    cfg.alpha = 0;
+    ck_assert_int_eq(fl_sim_partition(&c, &cfg, &p), FL_EINVAL);
+    fl_sim_corpus_free(&c);
+}
+END_TEST
+
+START_TEST(test_results_files)
+{
+    char dir[256], sub[300], path[400];
+    fl_test_tmpdir(dir, sizeof dir);
+    snprintf(sub, sizeof sub, "%s/run/a", dir);
+    fl_sim_results_t *r;
+    ck_assert_int_eq(fl_sim_results_new(sub, &r), 0);
+    for (int i = 0; i < 3; i++) {
+        fl_sim_round_row_t row = {.round = i,
+                                  .train_loss = 3.0 - i,
+                                  .val_loss = 3.1 - i * 0.5,
+                                  .val_ppl = 20.0,
+                                  .participants = 10,
+                                  .survivors = 9,
+                                  .bytes_up = 1000,
+                                  .bytes_down = 2000,
+                                  .round_s = 0.5,
+                                  .epsilon = 0.1 * i};
+        ck_assert_int_eq(fl_sim_results_add(r, &row), 0);
+    }
+    ck_assert_int_eq(fl_sim_results_summary(r, "{\"rounds\": 3}\n"), 0);
+    fl_sim_results_free(r);
+    snprintf(path, sizeof path, "%s/metrics.csv", sub);
+    ck_assert_int_eq(fl_test_system("test $(wc -l < '%s') -eq 4", path), 0);
+    ck_assert_int_eq(fl_test_system("grep -q "
+                                    "'^2,1.000000,2.100000,20.0000,10,9,1000,"
+                                    "2000,0.500,0.200000$' '%s'",
+                                    path),
+                     0);
+    snprintf(path, sizeof path, "%s/summary.json", sub);
+    ck_assert_int_eq(fl_test_system("grep -q rounds '%s'", path), 0);
+
+    char csv[400];
+    snprintf(csv, sizeof csv, "%s/metrics.csv", sub);
+    const char *paths[2] = {csv, csv}, *names[2] = {"a", "b"};
+    int rc = fl_sim_plot(sub, paths, names, 2);
+    if (rc != FL_ENOTSUP) {
+        ck_assert_int_eq(rc, 0);
+        const char *pngs[] = {"val_loss.png", "bytes.png", "epsilon.png"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(path, sizeof path, "%s/%s", sub, pngs[i]);
+            /* a PNG file: its signature is 89 'P' 'N' 'G' */
+            ck_assert_int_eq(
+                fl_test_system(
+                    "head -c 4 '%s' | od -An -tx1 | grep -q '89 50 4e 47'",
+                    path),
+                0);
+        }
+    }
+    const char *bad[1] = {"x'y"};
+    ck_assert_int_eq(
+        fl_sim_plot(sub, bad, names, 1) == FL_EINVAL || rc == FL_ENOTSUP, 1);
+    fl_test_rmtree(dir);
+}
+END_TEST
+
+Suite *check_sim_suite(void)
+{
+    Suite *s = suite_create("sim");
+    TCase *tc = tcase_create("partition");
+    tcase_add_test(tc, test_corpus_records);
+    tcase_add_test(tc, test_partition_by_topic);
+    tcase_add_test(tc, test_partition_dirichlet);
+    tcase_add_test(tc, test_results_files);
+    suite_add_tcase(s, tc);
+    return s;
+}
