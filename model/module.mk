@@ -4,13 +4,19 @@ LIB_SRCS += $(sort $(wildcard model/*.c))
 # int8 kernels: each ISA's file gets its own flags and compiles to nothing
 # on other architectures; kernels.c picks one at run time from the CPU.
 FL_HOST_ARCH := $(shell $(CC) -dumpmachine 2>/dev/null)
+FL_AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mfma
+FL_AVX2_FLAGS   := -mavx2 -mfma
+# Patterns, so that every build directory gets them: the plain and the
+# sanitizer builds (CFLAGS) and the libFuzzer build (FUZZ_CFLAGS).
 ifneq ($(findstring x86_64,$(FL_HOST_ARCH)),)
-$(BUILD)/model/kernels_avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl \
-                                           -mavx512vnni -mfma
-$(BUILD)/model/kernels_avx2.o: CFLAGS += -mavx2 -mfma
+%/model/kernels_avx512.o: CFLAGS += $(FL_AVX512_FLAGS)
+%/model/kernels_avx512.o: FUZZ_CFLAGS += $(FL_AVX512_FLAGS)
+%/model/kernels_avx2.o: CFLAGS += $(FL_AVX2_FLAGS)
+%/model/kernels_avx2.o: FUZZ_CFLAGS += $(FL_AVX2_FLAGS)
 endif
 ifneq ($(findstring aarch64,$(FL_HOST_ARCH)),)
-$(BUILD)/model/kernels_neondot.o: CFLAGS += -march=armv8.2-a+dotprod
+%/model/kernels_neondot.o: CFLAGS += -march=armv8.2-a+dotprod
+%/model/kernels_neondot.o: FUZZ_CFLAGS += -march=armv8.2-a+dotprod
 endif
 
 # The NEON kernels' test, cross-compiled for aarch64 (static, so that
