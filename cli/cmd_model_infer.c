@@ -101,6 +101,23 @@ static json_t *json_text(const uint8_t *p, size_t n)
     return j ? j : json_string("");
 }
 
+/* This process's peak resident set (VmHWM), in MB; -1 if unknown. */
+static double peak_rss_mb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double mb = -1;
+    if (!f)
+        return mb;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) {
+            mb = strtod(line + 6, NULL) / 1024.0;
+            break;
+        }
+    fclose(f);
+    return mb;
+}
+
 /* ---- generate ------------------------------------------------------------ */
 
 typedef struct {
@@ -190,8 +207,10 @@ int fl_cmd_model_generate(int argc, char **argv)
         goto out;
     }
     fl_model_set_threads((int)o.threads);
+    double tl = fl_time_mono_s();
     if (load_any(o.model, o.int8, (int)o.group_size, &l, cmd) < 0)
         goto out;
+    double load_s = fl_time_mono_s() - tl;
     if (tokenizer_for(cmd, o.tokenizer, l.tokref, &tok) < 0)
         goto out;
     if (l.q8)
@@ -288,6 +307,8 @@ int fl_cmd_model_generate(int argc, char **argv)
                             json_integer((json_int_t)generated));
         json_object_set_new(j, "int8", json_boolean(fl_infer_is_int8(inf)));
         json_object_set_new(j, "first_token_s", json_real(t_first));
+        json_object_set_new(j, "load_s", json_real(load_s));
+        json_object_set_new(j, "peak_rss_mb", json_real(peak_rss_mb()));
         json_object_set_new(j, "tokens_per_s",
                             json_real(secs > 0 ? generated / secs : 0));
         char *s = json_dumps(j, JSON_COMPACT);

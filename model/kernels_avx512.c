@@ -122,15 +122,12 @@ static ALWAYS_INLINE void gemm_tile(float *y, const uint8_t *x, const float *xs,
 #define FOLD3(t)                                                               \
     do {                                                                       \
         __m512 sx = _mm512_set1_ps(xs[t * G + g]);                             \
-        f##t##0 =                                                              \
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a##t##0, b0)), \
-                            _mm512_mul_ps(s0, sx), f##t##0);                   \
-        f##t##1 =                                                              \
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a##t##1, b1)), \
-                            _mm512_mul_ps(s1, sx), f##t##1);                   \
-        f##t##2 =                                                              \
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a##t##2, b2)), \
-                            _mm512_mul_ps(s2, sx), f##t##2);                   \
+        f##t##0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##t##0),                 \
+                                  _mm512_mul_ps(s0, sx), f##t##0);             \
+        f##t##1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##t##1),                 \
+                                  _mm512_mul_ps(s1, sx), f##t##1);             \
+        f##t##2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##t##2),                 \
+                                  _mm512_mul_ps(s2, sx), f##t##2);             \
     } while (0)
 #define STORE3(t)                                                              \
     do {                                                                       \
@@ -150,9 +147,11 @@ static void tile_4_3(float *y, const uint8_t *x, const float *xs,
            f31 = f00, f32 = f00;
     for (int g = 0; g < G; g++) {
         const size_t gi = ((size_t)p0 * G + g) * 16, gp = (size_t)G * 16;
-        __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a10 = a00,
-                a11 = a00, a12 = a00, a20 = a00, a21 = a00, a22 = a00,
-                a30 = a00, a31 = a00, a32 = a00;
+        __m512i b0 = _mm512_load_si512(w->bias + gi);
+        __m512i b1 = _mm512_load_si512(w->bias + gi + gp);
+        __m512i b2 = _mm512_load_si512(w->bias + gi + 2 * gp);
+        __m512i a00 = b0, a01 = b1, a02 = b2, a10 = b0, a11 = b1, a12 = b2,
+                a20 = b0, a21 = b1, a22 = b2, a30 = b0, a31 = b1, a32 = b2;
         const uint8_t *xg = x + (size_t)g * w->gs;
         const int8_t *wg = wp + (size_t)g * gs4 * 64;
         for (int kb = 0; kb < gs4; kb++) {
@@ -170,9 +169,6 @@ static void tile_4_3(float *y, const uint8_t *x, const float *xs,
             __m512i x3 = bcast4(xk + 3 * (size_t)k);
             DOT3(3, x3);
         }
-        __m512i b0 = _mm512_load_si512(w->bias + gi);
-        __m512i b1 = _mm512_load_si512(w->bias + gi + gp);
-        __m512i b2 = _mm512_load_si512(w->bias + gi + 2 * gp);
         __m512 s0 = _mm512_load_ps(w->scale + gi);
         __m512 s1 = _mm512_load_ps(w->scale + gi + gp);
         __m512 s2 = _mm512_load_ps(w->scale + gi + 2 * gp);
