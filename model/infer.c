@@ -159,10 +159,12 @@ static void rmsnorm(float *out, const float *x, const float *g, int n, int d,
     }
 }
 
-/* out [n, rows] = in [n, cols] W^T, W (rows, cols): fp32 or int8. */
+/* out [n, rows] = in [n, cols] W^T, W (rows, cols): fp32 or int8. With
+ * same_in, the int8 path reuses the activations quantized by the previous
+ * call (q, k, v and w1, w3 share their input). */
 static void matmul(fl_infer_t *s, float *out, const float *in, int n,
                    const float *w32, const fl_q8_matrix_t *w8, int rows,
-                   int cols)
+                   int cols, int same_in)
 {
     if (!s->int8) {
         if (n == 1)
@@ -173,7 +175,8 @@ static void matmul(fl_infer_t *s, float *out, const float *in, int n,
                         1.0f, in, cols, w32, cols, 0.0f, out, rows);
         return;
     }
-    s->ks->quantize_act(s->aq, s->aqs, in, n, cols, s->gs);
+    if (!same_in)
+        s->ks->quantize_act(s->aq, s->aqs, in, n, cols, s->gs);
     if (n == 1)
         s->ks->gemv(out, s->aq, s->aqs, w8);
     else
@@ -261,9 +264,12 @@ static void block(fl_infer_t *s, const int32_t *tokens, int n, int pos,
         const fl_q8_matrix_t *w28 = s->qw ? s->qw->w2 + l : NULL;
         const fl_q8_matrix_t *w38 = s->qw ? s->qw->w3 + l : NULL;
         rmsnorm(s->xb, s->x, g_att + l * D, n, D, c->norm_eps);
-        matmul(s, s->q, s->xb, n, s->int8 ? NULL : s->w.wq + l * DD, q8, D, D);
-        matmul(s, s->k, s->xb, n, s->int8 ? NULL : s->w.wk + l * KD, k8, KV, D);
-        matmul(s, s->v, s->xb, n, s->int8 ? NULL : s->w.wv + l * KD, v8, KV, D);
+        matmul(s, s->q, s->xb, n, s->int8 ? NULL : s->w.wq + l * DD, q8, D, D,
+               0);
+        matmul(s, s->k, s->xb, n, s->int8 ? NULL : s->w.wk + l * KD, k8, KV, D,
+               1);
+        matmul(s, s->v, s->xb, n, s->int8 ? NULL : s->w.wv + l * KD, v8, KV, D,
+               1);
         size_t lo = l * (size_t)c->seq_len * KV;
         for (int t = 0; t < n; t++) {
             rope(s, s->q + (size_t)t * D, c->n_heads, pos + t);
@@ -276,21 +282,21 @@ static void block(fl_infer_t *s, const int32_t *tokens, int n, int pos,
         for (int t = 0; t < n; t++)
             attention(s, s->xb2 + (size_t)t * D, s->q + (size_t)t * D, (int)l,
                       pos + t);
-        matmul(s, s->xb, s->xb2, n, s->int8 ? NULL : s->w.wo + l * DD, o8, D,
-               D);
+        matmul(s, s->xb, s->xb2, n, s->int8 ? NULL : s->w.wo + l * DD, o8, D, D,
+               0);
         for (size_t i = 0; i < (size_t)n * D; i++)
             s->x[i] += s->xb[i];
         rmsnorm(s->xb, s->x, g_ffn + l * D, n, D, c->norm_eps);
-        matmul(s, s->hb, s->xb, n, s->int8 ? NULL : s->w.w1 + l * HD, w18, H,
-               D);
+        matmul(s, s->hb, s->xb, n, s->int8 ? NULL : s->w.w1 + l * HD, w18, H, D,
+               0);
         matmul(s, s->hb2, s->xb, n, s->int8 ? NULL : s->w.w3 + l * HD, w38, H,
-               D);
+               D, 1);
         for (size_t i = 0; i < (size_t)n * H; i++) {
             float a = s->hb[i];
             s->hb[i] = a / (1.0f + expf(-a)) * s->hb2[i];
         }
-        matmul(s, s->xb, s->hb, n, s->int8 ? NULL : s->w.w2 + l * HD, w28, D,
-               H);
+        matmul(s, s->xb, s->hb, n, s->int8 ? NULL : s->w.w2 + l * HD, w28, D, H,
+               0);
         for (size_t i = 0; i < (size_t)n * D; i++)
             s->x[i] += s->xb[i];
     }
@@ -300,7 +306,7 @@ static void block(fl_infer_t *s, const int32_t *tokens, int n, int pos,
     const float *g_fin = s->int8 ? s->qw->rms_final : s->w.rms_final;
     rmsnorm(s->xb, s->x + (size_t)first * D, g_fin, nl, D, c->norm_eps);
     matmul(s, logits, s->xb, nl, s->int8 ? NULL : s->w.wcls,
-           s->qw ? s->qw->wcls : NULL, c->vocab_size, D);
+           s->qw ? s->qw->wcls : NULL, c->vocab_size, D, 0);
 }
 
 int fl_infer_forward(fl_infer_t *s, const int32_t *tokens, int n, int pos,
