@@ -199,9 +199,10 @@ static void portable_panel(float *out, const uint8_t *x, const float *xs,
         for (int b = 0; b < gs4; b++) {
             const uint8_t *xb = x + (size_t)g * w->gs + (size_t)b * 4;
             const int8_t *wb = wp + ((size_t)g * gs4 + b) * 64;
+            const int32_t x0 = xb[0], x1 = xb[1], x2 = xb[2], x3 = xb[3];
             for (int r = 0; r < FL_Q8_PANEL; r++)
-                for (int t = 0; t < 4; t++)
-                    acc[r] += (int32_t)xb[t] * wb[r * 4 + t];
+                acc[r] += x0 * wb[r * 4] + x1 * wb[r * 4 + 1] +
+                          x2 * wb[r * 4 + 2] + x3 * wb[r * 4 + 3];
         }
         for (int r = 0; r < FL_Q8_PANEL; r++)
             facc[r] += xs[g] * sp[g * FL_Q8_PANEL + r] * (float)acc[r];
