@@ -43,4 +43,8 @@ $(NEON_BIN): $(NEON_OBJS)
 	@echo "  LINK64  $@"
 	$(Q)$(NEON_CC) -static -o $@ $^ -lm -lpthread
 
+# Only x86-64 hosts cross-compile and emulate; an aarch64 host runs the
+# NEON kernels natively in check_int8 (test_every_kernel_exact).
+ifneq ($(findstring x86_64,$(FL_HOST_ARCH)),)
 CHECK_DEPS += $(NEON_BIN)
+endif
