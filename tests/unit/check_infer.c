@@ -450,11 +450,11 @@ START_TEST(test_cli_quantize_generate)
     fl_test_tmpdir(dir, sizeof dir);
     snprintf(bin, sizeof bin, "%s/model.bin", dir);
     snprintf(q8, sizeof q8, "%s/model.q8", dir);
-    fl_test_buildpath(exe, sizeof exe, "flotilla");
+    fl_test_flotilla(exe, sizeof exe);
     fl_model_t *m = random_model(1, 2, 6);
     ck_assert_int_eq(fl_model_save(m, bin, 0), 0);
     fl_model_free(m);
-    ck_assert_int_eq(fl_test_system("'%s' model quantize --model '%s' --out "
+    ck_assert_int_eq(fl_test_system("%s model quantize --model '%s' --out "
                                     "'%s' --json > '%s/q.json'",
                                     exe, bin, q8, dir),
                      0);
@@ -464,14 +464,14 @@ START_TEST(test_cli_quantize_generate)
     fl_q8_model_free(q);
     for (int i = 0; i < 2; i++)
         ck_assert_int_eq(
-            fl_test_system("'%s' model generate --model '%s' --prompt hi "
+            fl_test_system("%s model generate --model '%s' --prompt hi "
                            "--steps 20 --seed 5 --top-k 20 > '%s/g%d.txt' "
                            "2>/dev/null",
                            exe, q8, dir, i),
             0);
     ck_assert_int_eq(fl_test_system("cmp -s '%s/g0.txt' '%s/g1.txt'", dir, dir),
                      0);
-    ck_assert_int_eq(fl_test_system("'%s' model generate --model '%s' --int8 "
+    ck_assert_int_eq(fl_test_system("%s model generate --model '%s' --int8 "
                                     "--temperature 0 --steps 10 --json "
                                     "> '%s/g.json'",
                                     exe, bin, dir),
@@ -480,16 +480,16 @@ START_TEST(test_cli_quantize_generate)
                      0);
     ck_assert_int_eq(fl_test_system("head -c 1000 '%s' > '%s/cut.q8'", q8, dir),
                      0);
-    ck_assert_int_eq(fl_test_system("'%s' model generate --model '%s/cut.q8' "
+    ck_assert_int_eq(fl_test_system("%s model generate --model '%s/cut.q8' "
                                     "2>/dev/null",
                                     exe, dir),
                      1);
-    ck_assert_int_eq(fl_test_system("'%s' model quantize --group-size 36 "
+    ck_assert_int_eq(fl_test_system("%s model quantize --group-size 36 "
                                     "--model '%s' --out '%s/x.q8' 2>/dev/null",
                                     exe, bin, dir),
                      1);
     ck_assert_int_eq(
-        fl_test_system("'%s' model generate --bogus 2>/dev/null", exe), 2);
+        fl_test_system("%s model generate --bogus 2>/dev/null", exe), 2);
     fl_test_rmtree(dir);
 }
 END_TEST
