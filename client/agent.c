@@ -401,10 +401,11 @@ static int on_invite(fl_client_agent_t *a, fl_envelope_t *env)
         }
     }
     if (!a->model || cfg->model_version != a->version) {
-        if (a->model == NULL || cfg->model_version > a->version)
-            start_fetch(a, cfg->model_version);
+        uint64_t want = cfg->model_version;
         rc = decline(a, round, "model out of date");
         fl_proto_free(env);
+        if (rc == 0 && (a->model == NULL || want > a->version))
+            rc = start_fetch(a, want);
         return rc;
     }
     if (a->o.eligible && !a->o.eligible(a->o.ctx, why, sizeof why)) {

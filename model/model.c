@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 /* ---- configuration ------------------------------------------------------- */
@@ -21,7 +22,7 @@ void fl_model_config_default(fl_model_config_t *cfg)
     cfg->n_layers = 4;
     cfg->n_heads = 4;
     cfg->n_kv_heads = 2;
-    cfg->vocab_size = 256;
+    cfg->vocab_size = 259;
     cfg->seq_len = 128;
     cfg->tied_output = 1;
     cfg->lora_rank = 0;
@@ -222,6 +223,9 @@ static float *alloc_floats(size_t n)
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
+/* Whether the OpenBLAS thread count was set (see fl_model_set_threads). */
+static atomic_int threads_set;
+
 static int rope_tables(fl_model_t *m)
 {
     int half = m->cfg.dim / m->cfg.n_heads / 2;
@@ -249,6 +253,8 @@ int fl_model_new(const fl_model_config_t *cfg, fl_model_t **out)
     *out = NULL;
     if ((rc = fl_model_config_check(cfg, NULL, 0)) < 0)
         return rc;
+    if (!atomic_exchange(&threads_set, 1))
+        openblas_set_num_threads(1);
     m = fl_calloc(1, sizeof *m);
     if (!m)
         return FL_ENOMEM;
@@ -420,6 +426,7 @@ void fl_model_set_use_blas(fl_model_t *m, int on)
 
 void fl_model_set_threads(int n)
 {
+    atomic_store(&threads_set, 1);
     openblas_set_num_threads(n < 1 ? 1 : n);
 }
 
@@ -517,10 +524,10 @@ static size_t act_layout(const fl_model_config_t *c, int B, int T, float *base,
         {&a->h1, L * N * H},
         {&a->h3, L * N * H},
         {&a->hg, L * N * H},
+        {&a->sig, L * N * H},
         {&a->xnf, N * C},
         {&a->rstdf, N},
         {&a->logits, N * V},
-        {&a->probs, N * V},
         {&a->lh, L * FL_MODEL_NPROJ * N * r},
         {&a->dres, N * C},
         {&a->dxn, N * C},
@@ -533,6 +540,7 @@ static size_t act_layout(const fl_model_config_t *c, int B, int T, float *base,
         {&a->dh3, N * H},
         {&a->dlogits, N * V},
         {&a->dlh, N * r},
+        {&a->datt, (size_t)T * T},
     };
     size_t total = 0;
     for (size_t i = 0; i < FL_ARRAY_LEN(t); i++) {
@@ -597,16 +605,17 @@ static void proj_fwd(fl_model_t *m, int l, int p, float *out, const float *inp,
     fl_model__matmul_fwd(out, h, Bm, N, r, outd, 1, m->use_blas);
 }
 
-/* dinp [N, IC] += dout @ W_eff; weight (or adapter) gradients +=. */
+/* dinp [N, IC] (+= when acc, else =) dout @ W_eff; weight (or adapter)
+ * gradients +=. */
 static void proj_bwd(fl_model_t *m, int l, int p, float *dinp,
-                     const float *dout, const float *inp, int N)
+                     const float *dout, const float *inp, int N, int acc)
 {
     int in, outd;
     fl_model__proj_shape(&m->cfg, p, &in, &outd);
     size_t off = (size_t)l * outd * in;
     const float *W = proj_base(&m->w, p) + off;
     float *gW = lora_on(m) ? NULL : proj_base(&m->gw, p) + off;
-    fl_model__matmul_bwd(dinp, gW, dout, inp, W, N, in, outd, m->use_blas);
+    fl_model__matmul_bwd(dinp, gW, dout, inp, W, N, in, outd, acc, m->use_blas);
     if (!lora_on(m))
         return;
     int r = m->cfg.lora_rank;
@@ -617,11 +626,10 @@ static void proj_bwd(fl_model_t *m, int l, int p, float *dinp,
     float *gA = m->gl.a[p] + (size_t)l * r * in;
     float *gB = m->gl.b[p] + (size_t)l * outd * r;
     float *dh = m->a.dlh;
-    memset(dh, 0, (size_t)N * r * sizeof *dh);
-    fl_model__matmul_bwd(dh, gB, dout, h, Bm, N, r, outd, m->use_blas);
+    fl_model__matmul_bwd(dh, gB, dout, h, Bm, N, r, outd, 0, m->use_blas);
     for (size_t i = 0; i < (size_t)N * r; i++)
         dh[i] *= s;
-    fl_model__matmul_bwd(dinp, gA, dh, inp, A, N, in, r, m->use_blas);
+    fl_model__matmul_bwd(dinp, gA, dh, inp, A, N, in, r, 1, m->use_blas);
 }
 
 /* ---- forward ---------------------------------------------------------------
@@ -665,38 +673,40 @@ int fl_model_forward(fl_model_t *m, const int32_t *tokens,
         float *q = a->q + oc, *k = a->k + okv, *v = a->v + okv;
         float *atty = a->atty + oc;
         float *h1 = a->h1 + oh, *h3 = a->h3 + oh, *hg = a->hg + oh;
+        float *sg = a->sig + oh;
         float *att = a->att + (size_t)l * N * nh * T;
 
         fl_model__rmsnorm_fwd(xn1, a->rstd1 + (size_t)l * N, x,
                               m->w.rms_att + (size_t)l * C, (int)N, C,
-                              c->norm_eps);
+                              c->norm_eps, m->use_blas);
         proj_fwd(m, l, FL_MODEL_WQ, q, xn1, (int)N, 0);
         proj_fwd(m, l, FL_MODEL_WK, k, xn1, (int)N, 0);
         proj_fwd(m, l, FL_MODEL_WV, v, xn1, (int)N, 0);
         fl_model__rope(q, m->rope_cos, m->rope_sin, B, T, nh, hs, 0);
         fl_model__rope(k, m->rope_cos, m->rope_sin, B, T, nkv, hs, 0);
-        fl_model__attention_fwd(atty, att, q, k, v, B, T, nh, nkv, hs);
+        fl_model__attention_fwd(atty, att, q, k, v, B, T, nh, nkv, hs,
+                                m->use_blas);
         memcpy(xm, x, N * C * sizeof(float));
         proj_fwd(m, l, FL_MODEL_WO, xm, atty, (int)N, 1);
 
         fl_model__rmsnorm_fwd(xn2, a->rstd2 + (size_t)l * N, xm,
                               m->w.rms_ffn + (size_t)l * C, (int)N, C,
-                              c->norm_eps);
+                              c->norm_eps, m->use_blas);
         proj_fwd(m, l, FL_MODEL_W1, h1, xn2, (int)N, 0);
         proj_fwd(m, l, FL_MODEL_W3, h3, xn2, (int)N, 0);
-        fl_model__swiglu_fwd(hg, h1, h3, N * H);
+        fl_model__swiglu_fwd(hg, sg, h1, h3, N * H, m->use_blas);
         memcpy(xo, xm, N * C * sizeof(float));
         proj_fwd(m, l, FL_MODEL_W2, xo, hg, (int)N, 1);
     }
 
     float *xl = a->res + (size_t)c->n_layers * N * C;
     fl_model__rmsnorm_fwd(a->xnf, a->rstdf, xl, m->w.rms_final, (int)N, C,
-                          c->norm_eps);
+                          c->norm_eps, m->use_blas);
     fl_model__matmul_fwd(a->logits, a->xnf, m->w.wcls, (int)N, C, V, 0,
                          m->use_blas);
     int count = 0;
     double sum =
-        fl_model__xent_fwd(a->probs, a->logits, targets, (int)N, V, &count);
+        fl_model__xent_fwd(a->dlogits, a->logits, targets, (int)N, V, &count);
     m->count = count;
     m->loss = count ? (float)(sum / count) : 0.0f;
     if (loss)
@@ -732,17 +742,17 @@ int fl_model_backward(fl_model_t *m)
 
     /* head */
     float scale = m->count ? 1.0f / (float)m->count : 0.0f;
-    fl_model__xent_bwd(a->dlogits, a->probs, targets, (int)N, V, scale);
-    memset(a->dxn, 0, N * C * sizeof(float));
+    /* the forward left the probabilities in dlogits; in place */
+    fl_model__xent_bwd(a->dlogits, a->dlogits, targets, (int)N, V, scale);
     float *gcls = NULL;
     if (full)
         gcls = c->tied_output ? m->gw.token_embedding : m->gw.wcls;
     fl_model__matmul_bwd(a->dxn, gcls, a->dlogits, a->xnf, m->w.wcls, (int)N, C,
-                         V, m->use_blas);
+                         V, 0, m->use_blas);
     memset(a->dres, 0, N * C * sizeof(float));
     float *xl = a->res + (size_t)c->n_layers * N * C;
     fl_model__rmsnorm_bwd(a->dres, full ? m->gw.rms_final : NULL, a->dxn, xl,
-                          m->w.rms_final, a->rstdf, (int)N, C);
+                          m->w.rms_final, a->rstdf, (int)N, C, m->use_blas);
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
         size_t oc = (size_t)l * N * C, okv = (size_t)l * N * KV,
@@ -752,33 +762,33 @@ int fl_model_backward(fl_model_t *m)
         float *q = a->q + oc, *k = a->k + okv, *v = a->v + okv;
         float *atty = a->atty + oc;
         float *h1 = a->h1 + oh, *h3 = a->h3 + oh, *hg = a->hg + oh;
+        float *sg = a->sig + oh;
         float *att = a->att + (size_t)l * N * nh * T;
 
         /* MLP: x_out = xm + W2(swiglu(W1 xn2, W3 xn2)) */
-        memset(a->dhg, 0, N * H * sizeof(float));
-        proj_bwd(m, l, FL_MODEL_W2, a->dhg, a->dres, hg, (int)N);
-        fl_model__swiglu_bwd(a->dh1, a->dh3, a->dhg, h1, h3, N * H);
-        memset(a->dxn, 0, N * C * sizeof(float));
-        proj_bwd(m, l, FL_MODEL_W1, a->dxn, a->dh1, xn2, (int)N);
-        proj_bwd(m, l, FL_MODEL_W3, a->dxn, a->dh3, xn2, (int)N);
-        fl_model__rmsnorm_bwd(
-            a->dres, full ? m->gw.rms_ffn + (size_t)l * C : NULL, a->dxn, xm,
-            m->w.rms_ffn + (size_t)l * C, a->rstd2 + (size_t)l * N, (int)N, C);
+        proj_bwd(m, l, FL_MODEL_W2, a->dhg, a->dres, hg, (int)N, 0);
+        fl_model__swiglu_bwd(a->dh1, a->dh3, a->dhg, h1, h3, sg, N * H,
+                             m->use_blas);
+        proj_bwd(m, l, FL_MODEL_W1, a->dxn, a->dh1, xn2, (int)N, 0);
+        proj_bwd(m, l, FL_MODEL_W3, a->dxn, a->dh3, xn2, (int)N, 1);
+        fl_model__rmsnorm_bwd(a->dres,
+                              full ? m->gw.rms_ffn + (size_t)l * C : NULL,
+                              a->dxn, xm, m->w.rms_ffn + (size_t)l * C,
+                              a->rstd2 + (size_t)l * N, (int)N, C, m->use_blas);
 
         /* attention: xm = x + WO(attn(rope(WQ xn1), rope(WK xn1), WV xn1)) */
-        memset(a->datty, 0, N * C * sizeof(float));
-        proj_bwd(m, l, FL_MODEL_WO, a->datty, a->dres, atty, (int)N);
-        fl_model__attention_bwd(a->dq, a->dk, a->dv, a->datty, att, q, k, v, B,
-                                T, nh, nkv, hs);
+        proj_bwd(m, l, FL_MODEL_WO, a->datty, a->dres, atty, (int)N, 0);
+        fl_model__attention_bwd(a->dq, a->dk, a->dv, a->datt, a->datty, att, q,
+                                k, v, B, T, nh, nkv, hs, m->use_blas);
         fl_model__rope(a->dq, m->rope_cos, m->rope_sin, B, T, nh, hs, 1);
         fl_model__rope(a->dk, m->rope_cos, m->rope_sin, B, T, nkv, hs, 1);
-        memset(a->dxn, 0, N * C * sizeof(float));
-        proj_bwd(m, l, FL_MODEL_WQ, a->dxn, a->dq, xn1, (int)N);
-        proj_bwd(m, l, FL_MODEL_WK, a->dxn, a->dk, xn1, (int)N);
-        proj_bwd(m, l, FL_MODEL_WV, a->dxn, a->dv, xn1, (int)N);
-        fl_model__rmsnorm_bwd(
-            a->dres, full ? m->gw.rms_att + (size_t)l * C : NULL, a->dxn, x,
-            m->w.rms_att + (size_t)l * C, a->rstd1 + (size_t)l * N, (int)N, C);
+        proj_bwd(m, l, FL_MODEL_WQ, a->dxn, a->dq, xn1, (int)N, 0);
+        proj_bwd(m, l, FL_MODEL_WK, a->dxn, a->dk, xn1, (int)N, 1);
+        proj_bwd(m, l, FL_MODEL_WV, a->dxn, a->dv, xn1, (int)N, 1);
+        fl_model__rmsnorm_bwd(a->dres,
+                              full ? m->gw.rms_att + (size_t)l * C : NULL,
+                              a->dxn, x, m->w.rms_att + (size_t)l * C,
+                              a->rstd1 + (size_t)l * N, (int)N, C, m->use_blas);
     }
 
     if (full) {

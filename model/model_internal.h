@@ -24,17 +24,18 @@ typedef struct {
     float *h1;      /* [L, N, H] gate pre-activation */
     float *h3;      /* [L, N, H] up projection */
     float *hg;      /* [L, N, H] silu(h1) * h3 */
+    float *sig;     /* [L, N, H] sigmoid(h1) */
     float *xnf;     /* [N, C] final rmsnorm */
     float *rstdf;   /* [N] */
     float *logits;  /* [N, V] */
-    float *probs;   /* [N, V] */
     float *lh;      /* [L, NPROJ, N, r] scaled LoRA hidden s * (x A^T) */
     /* backward scratch, reused across layers */
     float *dres, *dxn, *datty, *dq; /* [N, C] */
     float *dk, *dv;                 /* [N, kv_dim] */
     float *dhg, *dh1, *dh3;         /* [N, H] */
-    float *dlogits;                 /* [N, V] */
-    float *dlh;                     /* [N, r] */
+    float *dlogits; /* [N, V] softmax from the forward, then its gradient */
+    float *dlh;     /* [N, r] */
+    float *datt;    /* [T, T] attention backward scratch */
 } fl_model_acts_t;
 
 struct fl_model {
