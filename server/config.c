@@ -150,6 +150,12 @@ static const fl_cfg_opt_t server_opts[] = {
     {"threshold", FL_CFG_INT, OFF(threshold), "0", 0, 100000, NULL, NULL,
      "t: neighbours' shares needed to unmask a client (0 = a majority of its "
      "neighbours)"},
+    {"secagg-corrupt", FL_CFG_DOUBLE, OFF(secagg_corrupt), "0.05", 0, 0.49,
+     NULL, NULL,
+     "Harary graph with degree 0: fraction of devices assumed corrupt when "
+     "choosing degree and threshold"},
+    {"secagg-dropout", FL_CFG_DOUBLE, OFF(secagg_dropout), "0.2", 0, 0.85, NULL,
+     NULL, "Harary graph with degree 0: fraction of invitees expected to drop"},
     {"prg", FL_CFG_ENUM, OFF(prg), "aes256-ctr", NOB, "aes256-ctr|chacha20",
      NULL, "mask generator"},
     /* local training */
@@ -319,6 +325,8 @@ int fl_server_config_check(const fl_server_config_t *c, char *err,
              (long long)c->threshold, n);
     if (c->secagg && c->threshold == 1)
         FAIL("threshold 1 would let any single neighbour unmask a client");
+    if (c->secagg_corrupt + c->secagg_dropout > 0.9)
+        FAIL("secagg-corrupt + secagg-dropout must be at most 0.9");
     if (c->graph == FL_SERVER_GRAPH_HARARY && c->degree &&
         (uint32_t)c->degree >= n)
         FAIL("degree %lld must be below the %u invitees", (long long)c->degree,

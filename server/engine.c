@@ -90,9 +90,11 @@ static int eng_begin(void *ctx, Flotilla__RoundConfig *rc, uint32_t n,
     er->m = fl_compress_value_count(er->codec);
     if (er->secagg && rc->secagg->graph == FLOTILLA__GRAPH_KIND__GRAPH_HARARY &&
         s->cfg.degree == 0) {
-        /* SecAgg+ parameters for up to 5% corrupt and 20% dropping. */
+        /* SecAgg+ parameters for the configured corrupt and dropout
+         * fractions (the complete graph for small cohorts). */
         fl_secagg_params_t p;
-        rc_ = fl_secagg_params_find(n, 0.05, 0.2, &p);
+        rc_ = fl_secagg_params_find(n, s->cfg.secagg_corrupt,
+                                    s->cfg.secagg_dropout, &p);
         if (rc_ < 0)
             goto out;
         rc->secagg->graph = p.graph;

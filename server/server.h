@@ -118,10 +118,12 @@ typedef struct {
     int64_t ring_bits; /* r; 0 = b + ceil(log2 n) + 1 */
     /* secure aggregation */
     int secagg;
-    int graph;         /* fl_server_graph_t */
-    int64_t degree;    /* 0 = automatic for the graph */
-    int64_t threshold; /* t; 0 = automatic */
-    int prg;           /* fl_server_prg_t */
+    int graph;             /* fl_server_graph_t */
+    int64_t degree;        /* 0 = automatic for the graph */
+    int64_t threshold;     /* t; 0 = automatic */
+    int prg;               /* fl_server_prg_t */
+    double secagg_corrupt; /* Harary parameters when degree is 0 */
+    double secagg_dropout;
     /* local training, sent in RoundConfig */
     int64_t local_steps;
     int64_t batch_size;

@@ -224,6 +224,7 @@ START_TEST(test_config_refusals)
         {"threshold = 1\n", "single neighbour"},
         {"cohort = 2\nmin-clients = 2\nover-selection = 1\n", "at least 3"},
         {"support = random-k\n", "support-size"},
+        {"secagg-corrupt = 0.3\nsecagg-dropout = 0.7\n", "at most 0.9"},
     };
     for (size_t i = 0; i < FL_ARRAY_LEN(cases); i++) {
         fl_server_config_t c;
