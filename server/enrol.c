@@ -2,6 +2,8 @@
  * a ClientHello against it. */
 #include "server/server.h"
 
+#include "artifact/artifact.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -286,6 +288,10 @@ int fl_server_key_parse(const char *arg, uint8_t key[32])
     size_t n = strlen(arg);
     if (n == 2 * FL_SERVER_KEY_LEN &&
         fl_hex_decode(key, FL_SERVER_KEY_LEN, arg, n) == 0)
+        return 0;
+    /* A public key file of `flotilla keygen`, or any file whose first word
+     * is the key in hex. */
+    if (fl_artifact_pub_load(arg, key) == 0)
         return 0;
     uint8_t *data = NULL;
     size_t len = 0;

@@ -203,8 +203,9 @@ size_t fl_server_enrol_count(const fl_server_enrol_t *e);
 /* The i-th entry in key order; *name is borrowed ("" when none). */
 int fl_server_enrol_get(const fl_server_enrol_t *e, size_t i, uint8_t key[32],
                         const char **name);
-/* A key given on the command line: 64 hex digits, or a file whose first
- * word is 64 hex digits (a .pub file from `flotilla keygen`). */
+/* A key given on the command line: 64 hex digits, a public key file from
+ * `flotilla keygen` (PREFIX.pub), or a file whose first word is 64 hex
+ * digits. */
 int fl_server_key_parse(const char *arg, uint8_t key[32]);
 /* Adds or removes one key in the file under an exclusive lock, so that two
  * commands never lose each other's edit. */

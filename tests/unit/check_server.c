@@ -1317,6 +1317,22 @@ START_TEST(test_cli_enrol)
     ck_assert_int_eq(
         fl_test_system("test -z \"$(%s server list --state %s)\"", bin, dir),
         0);
+    /* A device key made by `flotilla keygen`. */
+    ck_assert_int_eq(fl_test_system("%s keygen --out %s/device >/dev/null && "
+                                    "%s server enroll --state %s "
+                                    "%s/device.pub >/dev/null 2>&1",
+                                    bin, dir, bin, dir, dir),
+                     0);
+    uint8_t pk[32];
+    char pub[400], err[256];
+    snprintf(pub, sizeof pub, "%s/device.pub", dir);
+    ck_assert_int_eq(fl_server_key_parse(pub, pk), 0);
+    fl_server_enrol_t *e = NULL;
+    snprintf(pub, sizeof pub, "%s/enrolled", dir);
+    ck_assert_int_eq(fl_server_enrol_load(pub, &e, err, sizeof err), 0);
+    ck_assert_uint_eq(fl_server_enrol_count(e), 1);
+    ck_assert(fl_server_enrol_contains(e, pk));
+    fl_server_enrol_free(e);
     fl_test_rmtree(dir);
 }
 END_TEST
