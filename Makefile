@@ -31,6 +31,18 @@ endif
 # Sanitizer builds get their own object directory so they never mix with
 # the plain build.
 comma := ,
+# Cross builds (make CROSS=aarch64-linux-gnu): Debian's cross compiler and
+# multiarch libraries (deploy/install-deps.sh --cross arm64); the tests run
+# under qemu-user.
+ifneq ($(CROSS),)
+CC := $(CROSS)-gcc
+BUILD := $(BUILD)/$(CROSS)
+PKG_CONFIG := PKG_CONFIG_LIBDIR=/usr/lib/$(CROSS)/pkgconfig:/usr/share/pkgconfig pkg-config
+TEST_EXEC := qemu-$(firstword $(subst -, ,$(CROSS))) -L /usr/$(CROSS)
+CROSS_DEBARCH := $(if $(filter aarch64-%,$(CROSS)),arm64,$(firstword $(subst -, ,$(CROSS))))
+endif
+# The target machine, for per-architecture kernels in the modules.
+TARGET_ARCH_NAME := $(firstword $(subst -, ,$(shell $(CC) -dumpmachine)))
 ifneq ($(SAN),)
 BUILD := $(BUILD)/san-$(subst $(comma),-,$(SAN))
 endif
@@ -105,8 +117,9 @@ $(BUILD)/gen/%.o: $(BUILD)/gen/%.c | $(GEN_HDRS)
 	@echo "  CC      $<"
 	$(Q)$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP -c -o $@ $<
 
+DEPS_ARGS := $(if $(CROSS),--cross $(CROSS_DEBARCH))
 deps:
-	$(Q)deploy/install-deps.sh --check >/dev/null 2>&1 || deploy/install-deps.sh
+	$(Q)deploy/install-deps.sh --check $(DEPS_ARGS) >/dev/null 2>&1 || deploy/install-deps.sh $(DEPS_ARGS)
 
 check: deps
 	$(Q)$(MAKE) --no-print-directory all

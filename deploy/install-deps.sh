@@ -1,8 +1,21 @@
 #!/bin/sh
 # Install every Debian package flotilla needs to build, test and run.
 # Idempotent: quiet and quick when everything is already present.
-# Usage: deploy/install-deps.sh [--check]   (--check: exit 1 if anything is missing, install nothing)
+# Usage: deploy/install-deps.sh [--check] [--cross ARCH]
+#   --check       exit 1 if anything is missing, install nothing
+#   --cross ARCH  also the libraries of Debian architecture ARCH (e.g. arm64)
+#                 for `make CROSS=aarch64-linux-gnu`, with qemu-user to run tests
 set -eu
+
+check_only=0
+cross=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --check) check_only=1; shift ;;
+        --cross) cross=${2:?--cross needs an architecture}; shift 2 ;;
+        *) echo "install-deps.sh: unknown argument '$1'" >&2; exit 2 ;;
+    esac
+done
 
 PKGS="build-essential pkg-config clang
 libuv1-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler libsodium-dev
@@ -12,8 +25,19 @@ gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
 # Installed without recommends (the recommends pull in a large CUDA-free but heavy stack).
 PKGS_NORECOMMENDS="python3-torch"
 
+CROSS_LIBS="libuv1-dev libssl-dev libprotobuf-c-dev libsodium-dev libopenblas-dev
+check libinih-dev libjansson-dev"
+PKGS_CROSS=""
+if [ -n "$cross" ]; then
+    for p in $CROSS_LIBS; do PKGS_CROSS="$PKGS_CROSS $p:$cross"; done
+    case "$cross" in
+        arm64) PKGS_CROSS="$PKGS_CROSS gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;;
+        *) PKGS_CROSS="$PKGS_CROSS gcc-$cross-linux-gnu" ;;
+    esac
+fi
+
 missing=""
-for p in $PKGS $PKGS_NORECOMMENDS; do
+for p in $PKGS $PKGS_NORECOMMENDS $PKGS_CROSS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $p"
     fi
@@ -22,7 +46,7 @@ done
 if [ -z "$missing" ]; then
     exit 0
 fi
-if [ "${1:-}" = "--check" ]; then
+if [ "$check_only" = 1 ]; then
     echo "missing packages:$missing" >&2
     exit 1
 fi
@@ -34,12 +58,15 @@ fi
 
 echo "install-deps.sh: installing:$missing"
 export DEBIAN_FRONTEND=noninteractive
+if [ -n "$cross" ] && ! dpkg --print-foreign-architectures | grep -qx "$cross"; then
+    dpkg --add-architecture "$cross"
+fi
 apt-get update -qq
 norec=""
 rec=""
 for p in $missing; do
     case " $PKGS_NORECOMMENDS " in
-        *" $p "*) norec="$norec $p" ;;
+        *" $p "*|*:*) norec="$norec $p" ;;
         *) rec="$rec $p" ;;
     esac
 done

@@ -32,13 +32,14 @@ $(TEST_BIN): $(TEST_OBJS) $(LIB)
 
 # Tests find the binary and the sources through these.
 TEST_ENV := FL_BUILD=$(abspath $(BUILD)) FL_SRCDIR=$(CURDIR) FL_PYTHON=$(PYTHON) \
+            FL_EXEC_WRAPPER="$(TEST_EXEC)" \
             CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-600} \
             ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
             UBSAN_OPTIONS=$${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 .PHONY: run-check
 run-check: $(TEST_BIN) $(BIN) $(CHECK_DEPS)
-	$(Q)$(TEST_ENV) $(TEST_BIN) $(SUITE)
+	$(Q)$(TEST_ENV) $(TEST_EXEC) $(TEST_BIN) $(SUITE)
 
 # ---- fuzzing (clang + libFuzzer) -------------------------------------------
 FUZZ_BUILD  := build/fuzz

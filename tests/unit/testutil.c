@@ -27,6 +27,14 @@ const char *fl_test_buildpath(char *out, size_t outlen, const char *rel)
     return out;
 }
 
+const char *fl_test_flotilla(char *out, size_t outlen)
+{
+    const char *w = getenv("FL_EXEC_WRAPPER");
+    snprintf(out, outlen, "%s%s%s/flotilla", (w && *w) ? w : "",
+             (w && *w) ? " " : "", env_or("FL_BUILD", "build"));
+    return out;
+}
+
 const char *fl_test_python(void)
 {
     return env_or("FL_PYTHON", "/usr/bin/python3");

@@ -17,6 +17,10 @@
 const char *fl_test_srcpath(char *out, size_t outlen, const char *rel);
 const char *fl_test_buildpath(char *out, size_t outlen, const char *rel);
 const char *fl_test_python(void);
+/* The command that runs the flotilla binary: "<wrapper> <build>/flotilla",
+ * where the wrapper (FL_EXEC_WRAPPER, e.g. qemu for cross builds) may be
+ * empty. */
+const char *fl_test_flotilla(char *out, size_t outlen);
 /* Creates a fresh temporary directory; out receives its path. */
 void fl_test_tmpdir(char *out, size_t outlen);
 /* rm -rf, for a directory made by fl_test_tmpdir. */
