@@ -291,6 +291,13 @@ static void apply_limits(const fl_client_config_t *cfg)
         FL_WARN("cannot set nice %lld: %s", (long long)cfg->nice,
                 strerror(errno));
     fl_model_set_threads((int)cfg->threads);
+#if defined(__SANITIZE_ADDRESS__)
+    /* AddressSanitizer reserves terabytes of shadow address space: a cap
+     * on data segments would stop it, not the training. */
+    if (cfg->memory_mb > 0)
+        FL_WARN("memory cap of %lld MiB not applied under AddressSanitizer",
+                (long long)cfg->memory_mb);
+#else
     if (cfg->memory_mb > 0) {
         struct rlimit rl;
         rl.rlim_cur = rl.rlim_max = (rlim_t)cfg->memory_mb << 20;
@@ -298,6 +305,7 @@ static void apply_limits(const fl_client_config_t *cfg)
             FL_WARN("cannot cap memory at %lld MiB: %s",
                     (long long)cfg->memory_mb, strerror(errno));
     }
+#endif
 }
 
 int fl_client_run(const fl_client_config_t *cfg, char *err, size_t errlen)
