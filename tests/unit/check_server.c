@@ -206,6 +206,41 @@ START_TEST(test_config_defaults_and_flags)
 }
 END_TEST
 
+/* Every option of the table works as a flag, whatever its place in the
+ * table (getopt_long's own return values ':' '?' 'h' must not collide). */
+START_TEST(test_config_every_flag)
+{
+    const fl_cfg_table_t *t = fl_server_config_table();
+    for (size_t i = 0; i < t->nopts; i++) {
+        const fl_cfg_opt_t *o = &t->opts[i];
+        fl_server_config_t c;
+        memset(&c, 0, sizeof c);
+        char flag[96], err[512] = "";
+        const char *val = o->def ? o->def : "x";
+        if (o->type == FL_CFG_ENUM) /* the last choice */
+            val = strrchr(o->choices, '|') + 1;
+        snprintf(flag, sizeof flag, "--%s", o->name);
+        char *argv[] = {"server", flag, (char *)val, NULL};
+        int argc = o->type == FL_CFG_BOOL ? 2 : 3, rest = 0, help = 0;
+        int rc =
+            fl_cfg_parse_args(t, &c, argc, argv, &rest, &help, err, sizeof err);
+        ck_assert_msg(rc == 0 && !help && rest == argc, "%s: rc %d help %d %s",
+                      flag, rc, help, err);
+        fl_server_config_free(&c);
+    }
+    fl_server_config_t c;
+    memset(&c, 0, sizeof c);
+    char err[512] = "";
+    char *argv[] = {"server", "--over-selection", "1.5", "--graph", "harary"};
+    int rest = 0, help = 0;
+    ck_assert_int_eq(
+        fl_cfg_parse_args(t, &c, 5, argv, &rest, &help, err, sizeof err), 0);
+    ck_assert_double_eq(c.over_selection, 1.5);
+    ck_assert_int_eq(c.graph, FL_SERVER_GRAPH_HARARY);
+    fl_server_config_free(&c);
+}
+END_TEST
+
 /* Each case: extra "key = value" lines, and a word the error must hold. */
 START_TEST(test_config_refusals)
 {
@@ -2489,6 +2524,7 @@ Suite *check_server_suite(void)
     TCase *tc = tcase_create("units");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_config_defaults_and_flags);
+    tcase_add_test(tc, test_config_every_flag);
     tcase_add_test(tc, test_config_refusals);
     tcase_add_test(tc, test_config_example_file);
     tcase_add_test(tc, test_enrol_file);
