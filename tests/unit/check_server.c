@@ -2387,6 +2387,9 @@ static void agent_event(void *ctx, const fl_client_event_t *ev)
 
 START_TEST(test_agents_two_rounds)
 {
+    /* Case 0: dense 8-bit; case 1: public random-k with the Hadamard
+     * rotation and 4-bit values. */
+    const int sparse = _i;
     fixture_t fx;
     fake_t keys[AG_N];
     duct_t du[AG_N];
@@ -2435,6 +2438,16 @@ START_TEST(test_agents_two_rounds)
     for (size_t i = 0; i < FL_ARRAY_LEN(kv); i++)
         ck_assert_int_eq(
             fl_cfg_set(t, &fx.cfg, kv[i][0], kv[i][1], err, sizeof err), 0);
+    if (sparse) {
+        static const char *const kv2[][2] = {{"support", "random-k"},
+                                             {"support-size", "2000"},
+                                             {"rotate", "true"},
+                                             {"quant-bits", "4"}};
+        for (size_t i = 0; i < FL_ARRAY_LEN(kv2); i++)
+            ck_assert_int_eq(
+                fl_cfg_set(t, &fx.cfg, kv2[i][0], kv2[i][1], err, sizeof err),
+                0);
+    }
     snprintf(err, sizeof err, "%s.key", key);
     fl_cfg_set(t, &fx.cfg, "signing-key", err, err + 256, 256);
     fl_cfg_set(t, &fx.cfg, "init-model", path, err, sizeof err);
@@ -2547,7 +2560,7 @@ Suite *check_server_suite(void)
     tcase_set_timeout(ic_, 80);
     tcase_add_loop_test(ic_, test_integration_tls_round, 0, 5);
     tcase_add_test(ic_, test_crash_sigkill_resume);
-    tcase_add_test(ic_, test_agents_two_rounds);
+    tcase_add_loop_test(ic_, test_agents_two_rounds, 0, 2);
     tcase_add_test(ic_, test_process_tls_faults);
     suite_add_tcase(s, ic_);
     return s;
