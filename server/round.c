@@ -454,7 +454,7 @@ void fl_server_round_tick(fl_server_round_t *r)
         goto out;
     }
     FL_INFO("round %llu: inviting %u of %u eligible devices (cohort %lld, "
-            "threshold %u)",
+            "%u survivors needed)",
             (unsigned long long)r->round, n, have, (long long)c->cohort,
             r->threshold);
     r->busy++;
