@@ -1,7 +1,16 @@
-/* tests/unit/check_server.c — the aggregation server daemon: configuration,
- * enrolment, state files, the metrics endpoint, hellos, the round
- * orchestrator (driven by in-process peers and a test engine) and the
- * `flotilla server` process (SIGHUP, SIGTERM, a corrupt state). */
+/* tests/unit/check_server.c — the aggregation server daemon.
+ *
+ * units:       configuration, enrolment, state files, the metrics text and
+ *              responder, hellos, the round orchestrator (in-process peers,
+ *              a test engine), the privacy-budget stop;
+ * process:     `flotilla server` — /metrics, /healthz, SIGHUP, SIGTERM, a
+ *              corrupt state refused, enroll/revoke/list;
+ * integration: real TLS and the real engines — rounds with a dropout at
+ *              each secure-aggregation phase, without secure aggregation and
+ *              over a Harary graph, checked against a recomputation with the
+ *              same noise seed and independent signature checks; SIGKILL
+ *              mid-round and resume; client/ agents against the server; TLS
+ *              versions and hostile connections against the process. */
 #include "artifact/artifact.h"
 #include "client/client.h"
 #include "compress/compress.h"
