@@ -379,6 +379,7 @@ void fl_server_round_tick(fl_server_round_t *r)
         s->metrics.budget_spent = 1;
         return; /* no timer: training is over */
     }
+    r->warned_waiting = 0;
     /* Candidates, then a uniform random choice of up to the invitees. */
     uint32_t want = fl_server_config_invitees(c), have = 0;
     for (fl_server_peer_t *p = s->peers; p; p = p->next)
