@@ -20,6 +20,17 @@ static int validate_port(const void *field, char *why, size_t whylen)
     return 0;
 }
 
+static int validate_server_name(const void *field, char *why, size_t whylen)
+{
+    const char *v;
+    memcpy(&v, field, sizeof v);
+    if (v && strlen(v) > 255) {
+        snprintf(why, whylen, "at most 255 bytes");
+        return FL_ERANGE;
+    }
+    return 0;
+}
+
 static int validate_delta(const void *field, char *why, size_t whylen)
 {
     double v;
@@ -49,7 +60,7 @@ static const fl_cfg_opt_t server_opts[] = {
     {"mtls", FL_CFG_BOOL, OFF(mtls), "false", NOB, NULL, NULL,
      "require a client certificate signed by --tls-ca"},
     {"server-name", FL_CFG_STRING, OFF(server_name), "flotilla", NOB, NULL,
-     NULL, "name sent to devices in the server hello"},
+     validate_server_name, "name sent to devices in the server hello"},
     {"idle-timeout-ms", FL_CFG_INT, OFF(idle_timeout_ms), "120000", 1000,
      86400000, NULL, NULL, "close a connection silent for this long"},
     {"max-frame", FL_CFG_INT, OFF(max_frame), "67108864", 1024, 1073741824,
@@ -84,7 +95,8 @@ static const fl_cfg_opt_t server_opts[] = {
     {"min-clients", FL_CFG_INT, OFF(min_clients), "3", 1, 100000, NULL, NULL,
      "abort a round when fewer devices survive"},
     {"population", FL_CFG_INT, OFF(population), "0", 0, 1e12, NULL, NULL,
-     "devices sampled from, for the accountant (0 = the enrolled count)"},
+     "devices sampled from: the accountant's q is invitees / population (0 = "
+     "the enrolled count)"},
     {"rounds", FL_CFG_INT, OFF(rounds), "0", 0, 1e12, NULL, NULL,
      "stop after this many completed rounds (0 = run until stopped)"},
     {"round-interval-ms", FL_CFG_INT, OFF(round_interval_ms), "10000", 0,
@@ -138,6 +150,12 @@ static const fl_cfg_opt_t server_opts[] = {
     {"threshold", FL_CFG_INT, OFF(threshold), "0", 0, 100000, NULL, NULL,
      "t: neighbours' shares needed to unmask a client (0 = a majority of its "
      "neighbours)"},
+    {"secagg-corrupt", FL_CFG_DOUBLE, OFF(secagg_corrupt), "0.05", 0, 0.49,
+     NULL, NULL,
+     "Harary graph with degree 0: fraction of devices assumed corrupt when "
+     "choosing degree and threshold"},
+    {"secagg-dropout", FL_CFG_DOUBLE, OFF(secagg_dropout), "0.2", 0, 0.85, NULL,
+     NULL, "Harary graph with degree 0: fraction of invitees expected to drop"},
     {"prg", FL_CFG_ENUM, OFF(prg), "aes256-ctr", NOB, "aes256-ctr|chacha20",
      NULL, "mask generator"},
     /* local training */
@@ -307,6 +325,8 @@ int fl_server_config_check(const fl_server_config_t *c, char *err,
              (long long)c->threshold, n);
     if (c->secagg && c->threshold == 1)
         FAIL("threshold 1 would let any single neighbour unmask a client");
+    if (c->secagg_corrupt + c->secagg_dropout > 0.9)
+        FAIL("secagg-corrupt + secagg-dropout must be at most 0.9");
     if (c->graph == FL_SERVER_GRAPH_HARARY && c->degree &&
         (uint32_t)c->degree >= n)
         FAIL("degree %lld must be below the %u invitees", (long long)c->degree,

@@ -90,9 +90,11 @@ static int eng_begin(void *ctx, Flotilla__RoundConfig *rc, uint32_t n,
     er->m = fl_compress_value_count(er->codec);
     if (er->secagg && rc->secagg->graph == FLOTILLA__GRAPH_KIND__GRAPH_HARARY &&
         s->cfg.degree == 0) {
-        /* SecAgg+ parameters for up to 5% corrupt and 20% dropping. */
+        /* SecAgg+ parameters for the configured corrupt and dropout
+         * fractions (the complete graph for small cohorts). */
         fl_secagg_params_t p;
-        rc_ = fl_secagg_params_find(n, 0.05, 0.2, &p);
+        rc_ = fl_secagg_params_find(n, s->cfg.secagg_corrupt,
+                                    s->cfg.secagg_dropout, &p);
         if (rc_ < 0)
             goto out;
         rc->secagg->graph = p.graph;
@@ -200,11 +202,15 @@ static void eng_request_done(void *round_ctx, fl_envelope_t *e)
     }
 }
 
+/* The accountant's q: the chance that a given device is in a round. Every
+ * invitee may contribute, so with over-selection it is the invitees, not
+ * the cohort, over the population. */
 static double sampling_rate(const fl_server_config_t *c, uint64_t population)
 {
-    if (population == 0 || (uint64_t)c->cohort >= population)
+    uint64_t invited = fl_server_config_invitees(c);
+    if (population == 0 || invited >= population)
         return 1.0;
-    return (double)c->cohort / (double)population;
+    return (double)invited / (double)population;
 }
 
 static int load_accountant(const fl_server_state_t *st,
@@ -432,7 +438,18 @@ static int eng_budget(void *ctx, const fl_server_config_t *c,
     return rc;
 }
 
+static int eng_ready(void *ctx, char *why, size_t whylen)
+{
+    fl_server_t *s = ctx;
+    if (!s->signing_key) {
+        snprintf(why, whylen, "no signing-key to publish model versions with");
+        return FL_ECONFIG;
+    }
+    return 0;
+}
+
 const fl_server_engine_t fl_server_engine_default = {
+    .ready = eng_ready,
     .begin = eng_begin,
     .handle = eng_handle,
     .close = eng_close,
@@ -542,9 +559,7 @@ out:
 int fl_server_engine_open(fl_server_t *s, char *err, size_t errlen)
 {
     if (!s->cfg.signing_key) {
-        FL_WARN("no signing-key: models cannot be published, rounds will "
-                "not run");
-        return 0;
+        return 0; /* eng_ready says why rounds wait */
     }
     int rc = fl_artifact_key_load(s->cfg.signing_key, &s->signing_key);
     if (rc < 0) {

@@ -2,6 +2,8 @@
  * a ClientHello against it. */
 #include "server/server.h"
 
+#include "artifact/artifact.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -287,6 +289,10 @@ int fl_server_key_parse(const char *arg, uint8_t key[32])
     if (n == 2 * FL_SERVER_KEY_LEN &&
         fl_hex_decode(key, FL_SERVER_KEY_LEN, arg, n) == 0)
         return 0;
+    /* A public key file of `flotilla keygen`, or any file whose first word
+     * is the key in hex. */
+    if (fl_artifact_pub_load(arg, key) == 0)
+        return 0;
     uint8_t *data = NULL;
     size_t len = 0;
     int rc = fl_file_read_all(arg, 4096, &data, &len);
@@ -364,6 +370,14 @@ int fl_server_hello_check(const fl_server_enrol_t *e, const uint8_t nonce[32],
 {
     if (h->protocol_version != FL_PROTOCOL_VERSION)
         return FLOTILLA__ABORT_REASON__ABORT_VERSION;
+    /* docs/PROTOCOL.md §3: at most 32 capabilities of at most 32 bytes, a
+     * client version of at most 64. */
+    if (h->n_capabilities > 32 ||
+        (h->client_version && strlen(h->client_version) > 64))
+        return FLOTILLA__ABORT_REASON__ABORT_PROTOCOL;
+    for (size_t i = 0; i < h->n_capabilities; i++)
+        if (strlen(h->capabilities[i]) > 32)
+            return FLOTILLA__ABORT_REASON__ABORT_PROTOCOL;
     if (h->identity_key.len != FL_SERVER_KEY_LEN ||
         h->signature.len != crypto_sign_BYTES)
         return FLOTILLA__ABORT_REASON__ABORT_BAD_SIGNATURE;

@@ -111,6 +111,10 @@ typedef struct {
     int (*finish)(void *round_ctx, fl_server_finish_t *f);
     /* Loop thread: the round is over (any outcome); frees round_ctx. */
     void (*end)(void *round_ctx);
+    /* Loop thread, before a round: can the engines run one at all (e.g. a
+     * signing key is loaded)? 0, or an error with a sentence in why; the
+     * orchestrator then waits. Optional. */
+    int (*ready)(void *ctx, char *why, size_t whylen);
     /* Loop thread, before a round: may one more round run within the
      * privacy budget? 0 or FL_EBUDGET. */
     int (*budget)(void *ctx, const fl_server_config_t *cfg,

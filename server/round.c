@@ -355,6 +355,15 @@ void fl_server_round_tick(fl_server_round_t *r)
         fl_server_stop(s);
         return;
     }
+    char why[256] = "";
+    if (s->engine->ready &&
+        s->engine->ready(s->engine_ctx, why, sizeof why) < 0) {
+        if (!r->warned_no_model)
+            FL_WARN("rounds cannot run: %s", why);
+        r->warned_no_model = 1;
+        schedule_next(r, (uint64_t)c->round_interval_ms);
+        return;
+    }
     if (!s->params) {
         if (!r->warned_no_model)
             FL_WARN("no global model yet (set init-model); waiting");

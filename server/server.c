@@ -479,6 +479,8 @@ static int on_hello(fl_server_peer_t *p, const Flotilla__ClientHello *h)
                     ? "not enrolled"
                 : reason == FLOTILLA__ABORT_REASON__ABORT_VERSION
                     ? "protocol version"
+                : reason == FLOTILLA__ABORT_REASON__ABORT_PROTOCOL
+                    ? "fields over the protocol's limits"
                     : "bad signature",
                 hex[0] ? hex : "(malformed)");
         s->metrics.hellos_refused++;

@@ -11,6 +11,15 @@
  *   - fl_server_t, the daemon on a libuv loop: rounds, peers, the metrics
  *     endpoint, signals.
  *
+ * The daemon's files in server/: config.c (the option table), enrol.c
+ * (allow-list, hello check), state.c (checkpoint), metrics.c and http.c
+ * (the /metrics endpoint), server.c (life cycle, peers, signals),
+ * listen.c (net/ connections as peers), serve.c (manifest and chunks),
+ * round.c (the round orchestrator) and engine.c (the glue to secagg/,
+ * compress/, dp, optim, artifact/ and model/). Run by `flotilla server`
+ * (cli/cmd_server.c); every option is explained in
+ * deploy/server.example.ini.
+ *
  * Peers reach the server through a small seam (fl_server_peer_*): whoever
  * owns a connection (net/ in the daemon, the simulator or a test
  * in-process) hands decoded frames in and gets frames out through
@@ -109,10 +118,12 @@ typedef struct {
     int64_t ring_bits; /* r; 0 = b + ceil(log2 n) + 1 */
     /* secure aggregation */
     int secagg;
-    int graph;         /* fl_server_graph_t */
-    int64_t degree;    /* 0 = automatic for the graph */
-    int64_t threshold; /* t; 0 = automatic */
-    int prg;           /* fl_server_prg_t */
+    int graph;             /* fl_server_graph_t */
+    int64_t degree;        /* 0 = automatic for the graph */
+    int64_t threshold;     /* t; 0 = automatic */
+    int prg;               /* fl_server_prg_t */
+    double secagg_corrupt; /* Harary parameters when degree is 0 */
+    double secagg_dropout;
     /* local training, sent in RoundConfig */
     int64_t local_steps;
     int64_t batch_size;
@@ -192,8 +203,9 @@ size_t fl_server_enrol_count(const fl_server_enrol_t *e);
 /* The i-th entry in key order; *name is borrowed ("" when none). */
 int fl_server_enrol_get(const fl_server_enrol_t *e, size_t i, uint8_t key[32],
                         const char **name);
-/* A key given on the command line: 64 hex digits, or a file whose first
- * word is 64 hex digits (a .pub file from `flotilla keygen`). */
+/* A key given on the command line: 64 hex digits, a public key file from
+ * `flotilla keygen` (PREFIX.pub), or a file whose first word is 64 hex
+ * digits. */
 int fl_server_key_parse(const char *arg, uint8_t key[32]);
 /* Adds or removes one key in the file under an exclusive lock, so that two
  * commands never lose each other's edit. */
@@ -202,8 +214,9 @@ int fl_server_enrol_edit(const char *path, const uint8_t key[32],
 
 /* Checks a ClientHello against the server's nonce and the list. Returns 0,
  * or the AbortReason to send: FLOTILLA__ABORT_REASON__ABORT_VERSION,
- * ..._NOT_ENROLLED or ..._BAD_SIGNATURE (malformed fields count as a bad
- * signature). */
+ * ..._PROTOCOL (capabilities or client version over the protocol's limits),
+ * ..._NOT_ENROLLED or ..._BAD_SIGNATURE (a key or signature of the wrong
+ * length counts as a bad signature). */
 int fl_server_hello_check(const fl_server_enrol_t *e, const uint8_t nonce[32],
                           const Flotilla__ClientHello *h);
 /* The bytes a client signs (for clients and tests): "flotilla-hello-v1" ||
@@ -308,17 +321,21 @@ typedef struct {
 
 typedef struct fl_server fl_server_t;
 
-/* Opens the state directory (creating it), loads the enrolment list and
- * the state (a corrupt state file fails here with a clear err), and
- * prepares the server on loop. cfg is copied. *out returned owned. */
+/* Opens the state directory (creating it), loads the enrolment list, the
+ * state (a corrupt state file fails here with a clear err), the signing
+ * key and the global model (the current version, verified, or init-model,
+ * then published as version 1), and prepares the server on loop. cfg is
+ * copied. *out returned owned. */
 int fl_server_new(uv_loop_t *loop, const fl_server_config_t *cfg,
                   fl_server_t **out, char *err, size_t errlen);
-/* Binds the metrics endpoint and the device listener (once net/ provides
- * it), installs SIGTERM/SIGINT/SIGHUP handlers and arms the round timer. */
+/* Binds the metrics endpoint and the device listener, installs
+ * SIGTERM/SIGINT/SIGHUP handlers and arms the round timer. */
 int fl_server_start(fl_server_t *s, char *err, size_t errlen);
-/* Ends the current round cleanly (aborting it, with RoundResult and Abort
- * to its participants), saves the state and closes every handle; the loop
- * then runs out. Safe to call more than once. */
+/* Ends the current round cleanly (aborting it, with Abort and RoundResult
+ * to its participants; a round already finishing on the thread pool is
+ * let finish), saves the state, closes the peers (their last frames are
+ * flushed, 2 s at most) and every handle; the loop then runs out. Safe to
+ * call more than once; must be called before fl_server_free. */
 void fl_server_stop(fl_server_t *s);
 /* Re-reads the enrolment list; on a bad file the old list stays. */
 int fl_server_reload_enrolment(fl_server_t *s);

@@ -206,6 +206,41 @@ START_TEST(test_config_defaults_and_flags)
 }
 END_TEST
 
+/* Every option of the table works as a flag, whatever its place in the
+ * table (getopt_long's own return values ':' '?' 'h' must not collide). */
+START_TEST(test_config_every_flag)
+{
+    const fl_cfg_table_t *t = fl_server_config_table();
+    for (size_t i = 0; i < t->nopts; i++) {
+        const fl_cfg_opt_t *o = &t->opts[i];
+        fl_server_config_t c;
+        memset(&c, 0, sizeof c);
+        char flag[96], err[512] = "";
+        const char *val = o->def ? o->def : "x";
+        if (o->type == FL_CFG_ENUM) /* the last choice */
+            val = strrchr(o->choices, '|') + 1;
+        snprintf(flag, sizeof flag, "--%s", o->name);
+        char *argv[] = {"server", flag, (char *)val, NULL};
+        int argc = o->type == FL_CFG_BOOL ? 2 : 3, rest = 0, help = 0;
+        int rc =
+            fl_cfg_parse_args(t, &c, argc, argv, &rest, &help, err, sizeof err);
+        ck_assert_msg(rc == 0 && !help && rest == argc, "%s: rc %d help %d %s",
+                      flag, rc, help, err);
+        fl_server_config_free(&c);
+    }
+    fl_server_config_t c;
+    memset(&c, 0, sizeof c);
+    char err[512] = "";
+    char *argv[] = {"server", "--over-selection", "1.5", "--graph", "harary"};
+    int rest = 0, help = 0;
+    ck_assert_int_eq(
+        fl_cfg_parse_args(t, &c, 5, argv, &rest, &help, err, sizeof err), 0);
+    ck_assert_double_eq(c.over_selection, 1.5);
+    ck_assert_int_eq(c.graph, FL_SERVER_GRAPH_HARARY);
+    fl_server_config_free(&c);
+}
+END_TEST
+
 /* Each case: extra "key = value" lines, and a word the error must hold. */
 START_TEST(test_config_refusals)
 {
@@ -224,6 +259,7 @@ START_TEST(test_config_refusals)
         {"threshold = 1\n", "single neighbour"},
         {"cohort = 2\nmin-clients = 2\nover-selection = 1\n", "at least 3"},
         {"support = random-k\n", "support-size"},
+        {"secagg-corrupt = 0.3\nsecagg-dropout = 0.7\n", "at most 0.9"},
     };
     for (size_t i = 0; i < FL_ARRAY_LEN(cases); i++) {
         fl_server_config_t c;
@@ -416,6 +452,21 @@ START_TEST(test_hello_check)
     h.protocol_version = 2;
     ck_assert_int_eq(fl_server_hello_check(e, nonce, &h),
                      FLOTILLA__ABORT_REASON__ABORT_VERSION);
+    /* Fields over the protocol's limits. */
+    sign_hello(&h, sig, pk, sk, nonce);
+    char *caps[33];
+    for (int i = 0; i < 33; i++)
+        caps[i] = "aes";
+    h.capabilities = caps;
+    h.n_capabilities = 32;
+    ck_assert_int_eq(fl_server_hello_check(e, nonce, &h), 0);
+    h.n_capabilities = 33;
+    ck_assert_int_eq(fl_server_hello_check(e, nonce, &h),
+                     FLOTILLA__ABORT_REASON__ABORT_PROTOCOL);
+    caps[0] = "a-capability-name-longer-than-32-bytes";
+    h.n_capabilities = 1;
+    ck_assert_int_eq(fl_server_hello_check(e, nonce, &h),
+                     FLOTILLA__ABORT_REASON__ABORT_PROTOCOL);
     fl_server_enrol_free(e);
 }
 END_TEST
@@ -1322,6 +1373,22 @@ START_TEST(test_cli_enrol)
     ck_assert_int_eq(
         fl_test_system("test -z \"$(%s server list --state %s)\"", bin, dir),
         0);
+    /* A device key made by `flotilla keygen`. */
+    ck_assert_int_eq(fl_test_system("%s keygen --out %s/device >/dev/null && "
+                                    "%s server enroll --state %s "
+                                    "%s/device.pub >/dev/null 2>&1",
+                                    bin, dir, bin, dir, dir),
+                     0);
+    uint8_t pk[32];
+    char pub[400], err[256];
+    snprintf(pub, sizeof pub, "%s/device.pub", dir);
+    ck_assert_int_eq(fl_server_key_parse(pub, pk), 0);
+    fl_server_enrol_t *e = NULL;
+    snprintf(pub, sizeof pub, "%s/enrolled", dir);
+    ck_assert_int_eq(fl_server_enrol_load(pub, &e, err, sizeof err), 0);
+    ck_assert_uint_eq(fl_server_enrol_count(e), 1);
+    ck_assert(fl_server_enrol_contains(e, pk));
+    fl_server_enrol_free(e);
     fl_test_rmtree(dir);
 }
 END_TEST
@@ -2341,6 +2408,9 @@ static void agent_event(void *ctx, const fl_client_event_t *ev)
 
 START_TEST(test_agents_two_rounds)
 {
+    /* Case 0: dense 8-bit; case 1: public random-k with the Hadamard
+     * rotation and 4-bit values. */
+    const int sparse = _i;
     fixture_t fx;
     fake_t keys[AG_N];
     duct_t du[AG_N];
@@ -2389,6 +2459,16 @@ START_TEST(test_agents_two_rounds)
     for (size_t i = 0; i < FL_ARRAY_LEN(kv); i++)
         ck_assert_int_eq(
             fl_cfg_set(t, &fx.cfg, kv[i][0], kv[i][1], err, sizeof err), 0);
+    if (sparse) {
+        static const char *const kv2[][2] = {{"support", "random-k"},
+                                             {"support-size", "2000"},
+                                             {"rotate", "true"},
+                                             {"quant-bits", "4"}};
+        for (size_t i = 0; i < FL_ARRAY_LEN(kv2); i++)
+            ck_assert_int_eq(
+                fl_cfg_set(t, &fx.cfg, kv2[i][0], kv2[i][1], err, sizeof err),
+                0);
+    }
     snprintf(err, sizeof err, "%s.key", key);
     fl_cfg_set(t, &fx.cfg, "signing-key", err, err + 256, 256);
     fl_cfg_set(t, &fx.cfg, "init-model", path, err, sizeof err);
@@ -2478,6 +2558,7 @@ Suite *check_server_suite(void)
     TCase *tc = tcase_create("units");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_config_defaults_and_flags);
+    tcase_add_test(tc, test_config_every_flag);
     tcase_add_test(tc, test_config_refusals);
     tcase_add_test(tc, test_config_example_file);
     tcase_add_test(tc, test_enrol_file);
@@ -2501,7 +2582,7 @@ Suite *check_server_suite(void)
     tcase_set_timeout(ic_, 80);
     tcase_add_loop_test(ic_, test_integration_tls_round, 0, 5);
     tcase_add_test(ic_, test_crash_sigkill_resume);
-    tcase_add_test(ic_, test_agents_two_rounds);
+    tcase_add_loop_test(ic_, test_agents_two_rounds, 0, 2);
     tcase_add_test(ic_, test_process_tls_faults);
     suite_add_tcase(s, ic_);
     return s;
