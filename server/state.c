@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,7 +123,11 @@ static int state_json(const fl_server_state_t *st, const char *optim,
                             json_integer((json_int_t)st->model_version)) ||
         json_object_set_new(o, "model_dir", json_string(st->model_dir)) ||
         json_object_set_new(o, "model_hash", json_string(hash)) ||
-        json_object_set_new(o, "epsilon", json_real(st->epsilon)) ||
+        /* No DP (noise multiplier 0) spends an infinite epsilon, which
+         * JSON cannot hold: null stands for it. */
+        json_object_set_new(o, "epsilon",
+                            isfinite(st->epsilon) ? json_real(st->epsilon)
+                                                  : json_null()) ||
         json_object_set_new(o, "accountant", json_string(acc)))
         goto out;
     if (optim) {
@@ -216,11 +221,12 @@ static int decode_with(const uint8_t *in, size_t len, fl_server_state_t *st,
         get_u64(o, "model_version", &s.model_version) < 0 ||
         get_u64(o, "round_started", &s.round_started) < 0 ||
         !json_is_string(md) || json_string_length(md) >= sizeof s.model_dir ||
-        strstr(json_string_value(md), "..") || !json_is_number(eps) ||
-        json_number_value(eps) < 0)
+        strstr(json_string_value(md), "..") ||
+        !(json_is_null(eps) ||
+          (json_is_number(eps) && json_number_value(eps) >= 0)))
         goto out;
     snprintf(s.model_dir, sizeof s.model_dir, "%s", json_string_value(md));
-    s.epsilon = json_number_value(eps);
+    s.epsilon = json_is_null(eps) ? INFINITY : json_number_value(eps);
     rc = get_hex(o, "model_hash", &hash, &hlen, 32);
     if (rc < 0)
         goto out;

@@ -380,6 +380,64 @@ START_TEST(test_foreign_signature_and_replay)
 }
 END_TEST
 
+START_TEST(test_invite_waits_for_newer_model)
+{
+    /* Invited for a version it does not hold yet, a device fetches it,
+     * verifies it and then accepts. */
+    fx_t f;
+    fx_init(&f);
+    publish(&f, 1, 31);
+    fx_agent(&f);
+    do_hello(&f, 1);
+    serve_download(&f, 1 << 20, -1, 1000);
+    publish(&f, 2, 32);
+    uint8_t nonce[32] = {2};
+    Flotilla__TrainingConfig tc = FLOTILLA__TRAINING_CONFIG__INIT;
+    tc.local_steps = 1;
+    tc.batch_size = 1;
+    tc.seq_len = 8;
+    tc.learning_rate = 1e-3f;
+    Flotilla__CodecConfig cc = FLOTILLA__CODEC_CONFIG__INIT;
+    cc.quant_bits = 8;
+    cc.clip_norm = 1.0f;
+    cc.max_summands = 4;
+    Flotilla__SecAggConfig sa = FLOTILLA__SEC_AGG_CONFIG__INIT;
+    Flotilla__Deadlines dl = FLOTILLA__DEADLINES__INIT;
+    Flotilla__RoundConfig rc = FLOTILLA__ROUND_CONFIG__INIT;
+    rc.round = 9;
+    rc.round_nonce.data = nonce;
+    rc.round_nonce.len = 32;
+    rc.model_version = 2;
+    rc.num_params = fl_model_num_params(fl_client_agent_model(f.agent, NULL));
+    rc.training = &tc;
+    rc.codec = &cc;
+    rc.secagg = &sa;
+    rc.deadlines = &dl;
+    rc.client_id = 1;
+    Flotilla__RoundInvite inv = FLOTILLA__ROUND_INVITE__INIT;
+    inv.config = &rc;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_INVITE;
+    e.round_invite = &inv;
+    deliver(f.agent, &e);
+    /* No answer yet: the manifest of version 2 is asked for first. */
+    ck_assert_int_eq(f.wire.q[0]->body_case,
+                     FLOTILLA__ENVELOPE__BODY_MANIFEST_REQUEST);
+    serve_download(&f, 1 << 20, -1, 1000);
+    uint64_t v;
+    fl_client_agent_model(f.agent, &v);
+    ck_assert_uint_eq(v, 2);
+    fl_envelope_t *acc = take(&f.wire, FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT);
+    ck_assert(acc->round_accept->accept);
+    ck_assert_uint_eq(acc->round_accept->round, 9);
+    fl_proto_free(acc);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    fl_proto_free(
+        take(&f.wire, FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_RESPONSE));
+    fx_free(&f);
+}
+END_TEST
+
 START_TEST(test_plain_round)
 {
     fx_t f;
@@ -426,9 +484,9 @@ START_TEST(test_plain_round)
     e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_INVITE;
     e.round_invite = &inv;
 
-    /* An invitation for another model version is declined (and starts a
-     * download); one with a wrong dimension too. */
-    rc.model_version = 7;
+    /* An invitation for an older model version is declined; one with a
+     * wrong dimension too. */
+    rc.model_version = 0;
     deliver(f.agent, &e);
     fl_envelope_t *acc = take(&f.wire, FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT);
     ck_assert(!acc->round_accept->accept);
@@ -532,6 +590,7 @@ Suite *check_agent_suite(void)
     tcase_add_test(tc, test_hello_and_download);
     tcase_add_test(tc, test_foreign_signature_and_replay);
     tcase_add_test(tc, test_plain_round);
+    tcase_add_test(tc, test_invite_waits_for_newer_model);
     suite_add_tcase(s, tc);
     return s;
 }

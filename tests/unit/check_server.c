@@ -536,6 +536,27 @@ START_TEST(test_state_roundtrip)
 }
 END_TEST
 
+START_TEST(test_state_without_dp)
+{
+    /* Without noise the epsilon spent is infinite: saved and read back. */
+    fl_server_state_t st, back;
+    fl_server_state_init(&st);
+    fl_server_state_init(&back);
+    st.round = 3;
+    st.model_version = 4;
+    st.epsilon = INFINITY;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(fl_server_state_encode(&st, &buf, &len), 0);
+    ck_assert_int_eq(fl_server_state_decode(buf, len, &back), 0);
+    ck_assert(isinf(back.epsilon));
+    ck_assert_uint_eq(back.round, 3);
+    fl_free(buf);
+    fl_server_state_clear(&back);
+    fl_server_state_clear(&st);
+}
+END_TEST
+
 START_TEST(test_state_corruption)
 {
     fl_server_state_t a, b;
@@ -2560,6 +2581,7 @@ Suite *check_server_suite(void)
     tcase_add_test(tc, test_enrol_file);
     tcase_add_test(tc, test_hello_check);
     tcase_add_test(tc, test_state_roundtrip);
+    tcase_add_test(tc, test_state_without_dp);
     tcase_add_test(tc, test_state_corruption);
     tcase_add_test(tc, test_metrics_render);
     tcase_add_test(tc, test_http_respond);
