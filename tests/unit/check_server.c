@@ -646,6 +646,15 @@ START_TEST(test_metrics_render)
     ck_assert_ptr_nonnull(strstr(
         t, "flotilla_phase_duration_seconds_count{phase=\"share\"} 1\n"));
     fl_buf_free(&b);
+    /* No noise: an infinite epsilon, spelled as Prometheus wants it. */
+    m.epsilon = INFINITY;
+    fl_buf_init(&b, 1 << 20);
+    ck_assert_int_eq(fl_server_metrics_render(&m, &b), 0);
+    fl_buf_append_u8(&b, 0);
+    ck_assert_int_gt(check_prometheus((const char *)b.data), 20);
+    ck_assert_ptr_nonnull(
+        strstr((const char *)b.data, "flotilla_epsilon +Inf\n"));
+    fl_buf_free(&b);
 }
 END_TEST
 
