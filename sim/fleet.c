@@ -421,6 +421,11 @@ static void on_poll(uv_timer_t *t)
     fleet_t *f = t->data;
     if (f->stopping)
         return;
+    /* Frames still in the pipes may carry a round's results to its
+     * devices: a row is written only once they have been delivered, so that
+     * every device's report of the round is in it. */
+    if (f->dirty || f->idle_on)
+        return;
     const fl_server_state_t *st = fl_server_state(f->server);
     while (f->rows_done < st->round) {
         uint64_t r = ++f->rows_done;
