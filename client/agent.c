@@ -69,6 +69,7 @@ struct fl_client_agent {
     float *residual; /* [residual_n] */
     size_t residual_n;
     round_t *round;
+    fl_envelope_t *pending_invite; /* waits for the model it names */
     fetch_t fetch;
     uint64_t bytes_up, bytes_down;
     int freeing;   /* free requested while a round trains */
@@ -401,11 +402,22 @@ static int on_invite(fl_client_agent_t *a, fl_envelope_t *env)
         }
     }
     if (!a->model || cfg->model_version != a->version) {
-        if (a->model == NULL || cfg->model_version > a->version)
-            start_fetch(a, cfg->model_version);
-        rc = decline(a, round, "model out of date");
-        fl_proto_free(env);
-        return rc;
+        uint64_t want = cfg->model_version;
+        if (a->model && want < a->version) {
+            rc = decline(a, round, "model out of date");
+            fl_proto_free(env);
+            return rc;
+        }
+        /* Fetch the round's model first; the invitation is answered once
+         * it is verified and in use (within the server's accept deadline). */
+        if (a->pending_invite) {
+            Flotilla__RoundConfig *old =
+                a->pending_invite->round_invite->config;
+            decline(a, old->round, "superseded by a new invitation");
+            fl_proto_free(a->pending_invite);
+        }
+        a->pending_invite = env;
+        return start_fetch(a, want);
     }
     if (a->o.eligible && !a->o.eligible(a->o.ctx, why, sizeof why)) {
         rc = decline(a, round, why);
@@ -631,6 +643,22 @@ static int start_fetch(fl_client_agent_t *a, uint64_t version)
 /* Asks for the next missing piece, or finishes the download. */
 static int fetch_next(fl_client_agent_t *a);
 
+/* Answers an invitation that waited for its model: accepted now if the
+ * model it names is in use, declined otherwise. */
+static int take_pending_invite(fl_client_agent_t *a)
+{
+    fl_envelope_t *env = a->pending_invite;
+    if (!env)
+        return 0;
+    a->pending_invite = NULL;
+    const Flotilla__RoundConfig *cfg = env->round_invite->config;
+    if (a->model && cfg->model_version == a->version)
+        return on_invite(a, env); /* takes env */
+    int rc = decline(a, cfg->round, "model not available");
+    fl_proto_free(env);
+    return rc;
+}
+
 static int fetch_finish(fl_client_agent_t *a)
 {
     char why[160] = "";
@@ -646,7 +674,7 @@ static int fetch_finish(fl_client_agent_t *a)
                 unlink(p);
         fetch_reset(a);
         event(a, FL_CLIENT_EV_MODEL_REFUSED, 0, v, rc, why);
-        return 0;
+        return take_pending_invite(a);
     }
     fetch_reset(a);
     if ((rc = fl_client_store_commit(a->state_dir, v)) < 0) {
@@ -658,7 +686,7 @@ static int fetch_finish(fl_client_agent_t *a)
     if (a->trainings > 0) {
         /* The old model is still read by a worker: load the new one at the
          * next invitation instead. */
-        return 0;
+        return take_pending_invite(a);
     }
     uint64_t old = a->version;
     rc = load_current_model(a);
@@ -671,7 +699,7 @@ static int fetch_finish(fl_client_agent_t *a)
         return FL_ENOMEM;
     (void)old;
     event(a, FL_CLIENT_EV_MODEL, 0, v, 0, "model verified and in use");
-    return 0;
+    return take_pending_invite(a);
 }
 
 static int fetch_next(fl_client_agent_t *a)
@@ -735,7 +763,7 @@ static int on_manifest(fl_client_agent_t *a,
         fetch_reset(a);
         event(a, FL_CLIENT_EV_MODEL_REFUSED, 0, v, rc,
               why[0] ? why : "manifest signature does not verify");
-        return 0;
+        return take_pending_invite(a);
     }
     f->version = f->manifest->version;
     if ((rc = fl_client_store_staging(a->state_dir, f->version, dir,
@@ -991,6 +1019,7 @@ static void agent_release(fl_client_agent_t *a)
 {
     if (a->trainings > 0)
         return;
+    fl_proto_free(a->pending_invite);
     fetch_reset(a);
     fl_model_free(a->model);
     fl_free(a->residual);
@@ -1026,6 +1055,8 @@ void fl_client_agent_disconnected(fl_client_agent_t *a)
     a->ioctx = NULL;
     if (a->round)
         round_end(a, FL_ECLOSED, "connection lost");
+    fl_proto_free(a->pending_invite);
+    a->pending_invite = NULL;
     a->fetch.active = 0; /* the staged files stay: the next one resumes */
     fl_artifact_manifest_free(a->fetch.manifest);
     a->fetch.manifest = NULL;

@@ -332,4 +332,29 @@ int fl_client_infer_parse(const char *line, size_t len,
                           fl_client_gen_req_t *req, char *prompt_buf, char *why,
                           size_t whylen);
 
+/* ---- generation and the daemon --------------------------------------------
+ */
+struct fl_q8_model;
+struct fl_tokenizer;
+
+/* Generates text for req with the int8 model q (borrowed, read-only: many
+ * threads may generate from one q at once). The prompt is encoded with tok
+ * after BOS; generation stops at EOS, max_tokens or the context length. */
+int fl_client_generate(const struct fl_q8_model *q,
+                       const struct fl_tokenizer *tok,
+                       const fl_client_gen_req_t *req, fl_buf_t *out,
+                       fl_client_gen_stats_t *stats);
+
+/* The whole `flotilla client` daemon: identity (made on first start),
+ * model store, connection with reconnection and backoff, rounds, the
+ * inference socket; until SIGTERM or SIGINT. Logs. Returns 0 after a clean
+ * stop or an FL_E* code (err gets a sentence). */
+int fl_client_run(const fl_client_config_t *cfg, char *err, size_t errlen);
+
+/* The identity key of a state directory: <state>/identity.key, created
+ * (with identity.pub) when missing, or the file cfg names. *out returned
+ * owned. */
+int fl_client_identity(const fl_client_config_t *cfg, fl_artifact_key_t **out,
+                       char *err, size_t errlen);
+
 #endif

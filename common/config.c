@@ -341,7 +341,9 @@ int fl_cfg_load_file(const fl_cfg_table_t *t, void *obj, const char *path,
 }
 
 /* ---- command line ---------------------------------------------------------*/
-enum { OPT_HELP = 1, OPT_CONFIG = 2, OPT_BASE = 16 };
+/* Option values start above every character, so that none equals the
+ * ":" "?" or "h" getopt_long also returns. */
+enum { OPT_HELP = 1, OPT_CONFIG = 2, OPT_BASE = 256 };
 
 int fl_cfg_parse_args(const fl_cfg_table_t *t, void *obj, int argc, char **argv,
                       int *rest, int *help, char *err, size_t errlen)

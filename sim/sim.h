@@ -115,4 +115,61 @@ int fl_sim_plot(const char *out_dir, const char *const *csv_paths,
 void fl_sim_progress(FILE *tty, int round, int rounds, double loss,
                      double elapsed_s);
 
+/* ---- the simulated fleet
+ * ------------------------------------------------------ */
+typedef enum {
+    FL_SIM_TRANSPORT_INPROC = 0,
+    FL_SIM_TRANSPORT_TLS = 1
+} fl_sim_transport_t;
+
+/* Every option of `flotilla sim` (one table: INI and flags). Strings are
+ * owned (fl_cfg_free with fl_sim_config_table). */
+typedef struct {
+    char *data; /* directory of text files */
+    char *out;  /* results directory */
+    char *name; /* the run's name in plots and comparisons */
+    int64_t seed;
+    int64_t clients; /* virtual devices */
+    int64_t cohort;  /* expected cohort per round */
+    int64_t rounds;
+    int64_t public_topics;
+    int split; /* fl_sim_split_mode_t */
+    double alpha;
+    double val_fraction;
+    int64_t max_mb; /* of text read */
+    int transport;  /* fl_sim_transport_t */
+    /* model and pre-training */
+    int64_t dim, layers, heads, hidden, seq_len;
+    int64_t pretrain_steps;
+    double pretrain_lr;
+    /* rounds */
+    int secagg;
+    int graph; /* 0 complete, 1 harary */
+    int64_t quant_bits;
+    int rotate;
+    int error_feedback;
+    int support; /* 0 dense, 1 random-k */
+    double support_fraction;
+    double clip_norm;
+    double noise_multiplier;
+    double delta;
+    int64_t local_steps, batch_size;
+    double client_lr;
+    int server_optimizer; /* 0 fedavg, 1 fedadam, 2 fedyogi */
+    double server_lr;
+    /* faults */
+    double dropout;       /* per phase, per participant */
+    double straggler;     /* probability an input arrives after the deadline */
+    double churn;         /* per client and round: leave (and later rejoin) */
+    int64_t phase_ms;     /* deadline of each phase */
+    int64_t eval_windows; /* per client, for the global validation loss */
+    int quiet;
+} fl_sim_config_t;
+
+extern const fl_cfg_table_t fl_sim_config_table;
+
+/* Runs one simulation into cfg->out: metrics.csv, summary.json, plots.
+ * Logs progress. err gets a sentence on failure. */
+int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen);
+
 #endif

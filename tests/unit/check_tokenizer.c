@@ -314,6 +314,147 @@ START_TEST(test_bpe_matches_llama2c_encoder)
 }
 END_TEST
 
+/* The trainer's merges, recomputed the slow way: every step recounts every
+ * adjacent pair of every word and takes the most frequent (ties: lowest
+ * (left, right) ids). Characters are taken from the trained vocabulary
+ * (ids 259.. with score 0), words are cut as the header says. */
+typedef struct {
+    int32_t *s;
+    size_t n;
+} nword_t;
+
+static int32_t find_text(const fl_tokenizer_t *t, const uint8_t *s, size_t len)
+{
+    for (int id = 259; id < fl_tokenizer_vocab_size(t); id++) {
+        size_t tl;
+        const uint8_t *p = fl_tokenizer_token(t, id, &tl, NULL);
+        if (tl == len && memcmp(p, s, len) == 0)
+            return id;
+    }
+    return -1;
+}
+
+static int is_ws(uint8_t c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' ||
+           c == '\f';
+}
+
+START_TEST(test_bpe_matches_naive_trainer)
+{
+    char *corpus = make_corpus(4000, 6);
+    const int vocab = 420;
+    fl_tokenizer_t *t = train(corpus, vocab);
+    int nchars = 0;
+    for (int id = 259; id < vocab; id++) {
+        float sc;
+        fl_tokenizer_token(t, id, NULL, &sc);
+        if (sc != 0.0f)
+            break;
+        nchars++;
+    }
+    ck_assert_int_gt(nchars, 5);
+    /* Words as symbol ids. */
+    size_t len = strlen(corpus), nw = 0;
+    nword_t *w = calloc(len + 1, sizeof *w);
+    for (size_t i = 0; i < len;) {
+        size_t j = i;
+        w[nw].s = malloc((len - i + 1) * sizeof(int32_t));
+        do {
+            size_t cl = 1;
+            while (cl < 4 && j + cl < len &&
+                   ((uint8_t)corpus[j + cl] & 0xC0) == 0x80)
+                cl++;
+            int32_t id = find_text(t, (const uint8_t *)corpus + j, cl);
+            if (id < 0 || id >= 259 + nchars) {
+                for (size_t b = 0; b < cl; b++)
+                    w[nw].s[w[nw].n++] = 3 + (uint8_t)corpus[j + b];
+            } else {
+                w[nw].s[w[nw].n++] = id;
+            }
+            j += cl;
+        } while (j < len && !is_ws((uint8_t)corpus[j]));
+        nw++;
+        i = j;
+    }
+    /* Token texts as the naive trainer builds them. */
+    int ntok = 259 + nchars;
+    char **text = calloc((size_t)vocab, sizeof *text);
+    for (int id = 259; id < ntok; id++) {
+        size_t tl;
+        const uint8_t *p = fl_tokenizer_token(t, id, &tl, NULL);
+        text[id] = strndup((const char *)p, tl);
+    }
+    long *cnt = malloc((size_t)vocab * vocab * sizeof *cnt);
+    int merges = 0;
+    while (ntok < vocab) {
+        memset(cnt, 0, (size_t)vocab * vocab * sizeof *cnt);
+        for (size_t k = 0; k < nw; k++)
+            for (size_t i = 0; i + 1 < w[k].n; i++) {
+                int32_t a = w[k].s[i], b = w[k].s[i + 1];
+                if (a >= 259 && b >= 259 &&
+                    strlen(text[a]) + strlen(text[b]) <= 64)
+                    cnt[(size_t)a * vocab + b]++;
+            }
+        long best = 1;
+        int ba = -1, bb = -1;
+        for (int a = 259; a < ntok; a++)
+            for (int b = 259; b < ntok; b++)
+                if (cnt[(size_t)a * vocab + b] > best) {
+                    best = cnt[(size_t)a * vocab + b];
+                    ba = a;
+                    bb = b;
+                }
+        if (ba < 0)
+            break;
+        size_t la = strlen(text[ba]), lb = strlen(text[bb]);
+        char *cat = malloc(la + lb + 1);
+        memcpy(cat, text[ba], la);
+        memcpy(cat + la, text[bb], lb + 1);
+        int c = -1;
+        for (int id = 259; id < ntok; id++)
+            if (strcmp(text[id], cat) == 0)
+                c = id;
+        if (c < 0) {
+            c = ntok++;
+            text[c] = cat;
+            /* The trained vocabulary has the same token at the same id. */
+            size_t tl;
+            const uint8_t *p = fl_tokenizer_token(t, c, &tl, NULL);
+            ck_assert_ptr_nonnull(p);
+            ck_assert_uint_eq(tl, la + lb);
+            ck_assert_mem_eq(p, cat, tl);
+        } else {
+            free(cat);
+        }
+        merges++;
+        for (size_t k = 0; k < nw; k++) {
+            size_t o = 0;
+            for (size_t i = 0; i < w[k].n;) {
+                if (i + 1 < w[k].n && w[k].s[i] == ba && w[k].s[i + 1] == bb) {
+                    w[k].s[o++] = c;
+                    i += 2;
+                } else {
+                    w[k].s[o++] = w[k].s[i++];
+                }
+            }
+            w[k].n = o;
+        }
+    }
+    ck_assert_int_eq(ntok, fl_tokenizer_vocab_size(t));
+    ck_assert_int_gt(merges, 100);
+    for (int id = 259; id < ntok; id++)
+        free(text[id]);
+    for (size_t k = 0; k < nw; k++)
+        free(w[k].s);
+    free(text);
+    free(w);
+    free(cnt);
+    fl_tokenizer_free(t);
+    free(corpus);
+}
+END_TEST
+
 /* A tokenizer.bin as llama2.c writes it (sentencepiece scores, "\n<s>\n"
  * for BOS), built by hand: merges by score, not by id, byte fallback, the
  * dummy prefix. */
@@ -583,6 +724,7 @@ Suite *check_tokenizer_suite(void)
     tcase_add_test(tc, test_bpe_known_merges);
     tcase_add_test(tc, test_bpe_roundtrip_any_bytes);
     tcase_add_test(tc, test_bpe_matches_llama2c_encoder);
+    tcase_add_test(tc, test_bpe_matches_naive_trainer);
     tcase_add_test(tc, test_llama2c_style_file);
     tcase_add_test(tc, test_file_roundtrip_identical);
     tcase_add_test(tc, test_bad_files_refused);
