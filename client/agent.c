@@ -72,6 +72,7 @@ struct fl_client_agent {
     fl_envelope_t *pending_invite; /* waits for the model it names */
     fetch_t fetch;
     uint64_t bytes_up, bytes_down;
+    uint64_t heartbeats;
     int freeing;   /* free requested while a round trains */
     int trainings; /* works in flight */
 };
@@ -1060,6 +1061,19 @@ void fl_client_agent_disconnected(fl_client_agent_t *a)
     a->fetch.active = 0; /* the staged files stay: the next one resumes */
     fl_artifact_manifest_free(a->fetch.manifest);
     a->fetch.manifest = NULL;
+}
+
+int fl_client_agent_heartbeat(fl_client_agent_t *a)
+{
+    if (!a->connected || !a->hello_done)
+        return 0;
+    Flotilla__Heartbeat hb = FLOTILLA__HEARTBEAT__INIT;
+    hb.seq = ++a->heartbeats;
+    hb.time_ms = fl_time_wall_ms();
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_HEARTBEAT;
+    e.heartbeat = &hb;
+    return send_env(a, &e);
 }
 
 fl_model_t *fl_client_agent_model(fl_client_agent_t *a, uint64_t *version)

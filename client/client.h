@@ -272,6 +272,9 @@ int fl_client_agent_on_frame(fl_client_agent_t *a, const uint8_t *payload,
 /* The connection is gone: a round in progress is abandoned (its training
  * may still finish in the background and is then dropped). */
 void fl_client_agent_disconnected(fl_client_agent_t *a);
+/* Sends a Heartbeat when connected (the transport's idle deadline on the
+ * server closes silent peers): call it periodically. */
+int fl_client_agent_heartbeat(fl_client_agent_t *a);
 /* The model in use (borrowed, NULL before the first) and its version. */
 fl_model_t *fl_client_agent_model(fl_client_agent_t *a, uint64_t *version);
 /* Bytes of frames sent and received over the agent's life. */

@@ -36,6 +36,7 @@ typedef struct {
     fl_client_infer_t *infer;
     fl_client_windows_t windows;
     uv_signal_t sigterm, sigint;
+    uv_timer_t heartbeat;
     pthread_mutex_t qlock;
     qref_t *qcur;
     char host[256];
@@ -219,6 +220,15 @@ static void on_signal(uv_signal_t *h, int signum)
     d->infer = NULL;
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
+    uv_close((uv_handle_t *)&d->heartbeat, NULL);
+}
+
+#define HEARTBEAT_MS 30000
+
+static void on_heartbeat(uv_timer_t *t)
+{
+    daemon_t *d = t->data;
+    fl_client_agent_heartbeat(d->agent);
 }
 
 static int split_host_port(const char *s, char *host, size_t hostlen, int *port)
@@ -420,6 +430,9 @@ int fl_client_run(const fl_client_config_t *cfg, char *err, size_t errlen)
     d.sigterm.data = d.sigint.data = &d;
     uv_signal_start(&d.sigterm, on_signal, SIGTERM);
     uv_signal_start(&d.sigint, on_signal, SIGINT);
+    uv_timer_init(d.loop, &d.heartbeat);
+    d.heartbeat.data = &d;
+    uv_timer_start(&d.heartbeat, on_heartbeat, HEARTBEAT_MS, HEARTBEAT_MS);
     FL_INFO("flotilla client %s: server %s:%d, state %s, data %s (%zu files)",
             FL_VERSION, d.host, d.port, cfg->state_dir, cfg->data_dir,
             fl_data_num_files(d.data));

@@ -567,6 +567,16 @@ START_TEST(test_plain_round)
         norm += (double)res[i] * res[i];
     ck_assert_double_gt(norm, 0); /* 8-bit rounding leaves something */
     fl_free(res);
+    /* A heartbeat goes out on request, numbered. */
+    ck_assert_int_eq(fl_client_agent_heartbeat(f.agent), 0);
+    ck_assert_int_eq(fl_client_agent_heartbeat(f.agent), 0);
+    fl_envelope_t *hb = take(&f.wire, FLOTILLA__ENVELOPE__BODY_HEARTBEAT);
+    ck_assert_uint_eq(hb->heartbeat->seq, 1);
+    fl_proto_free(hb);
+    hb = take(&f.wire, FLOTILLA__ENVELOPE__BODY_HEARTBEAT);
+    ck_assert_uint_eq(hb->heartbeat->seq, 2);
+    ck_assert_uint_gt(hb->heartbeat->time_ms, 0);
+    fl_proto_free(hb);
     /* Messages of a round the agent is not in are ignored. */
     Flotilla__UnmaskingRequest ur = FLOTILLA__UNMASKING_REQUEST__INIT;
     ur.round = 77;
