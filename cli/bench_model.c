@@ -23,6 +23,7 @@ typedef struct {
     int64_t tokens;
     int64_t prefill;
     int64_t repeats;
+    char *kernels;
     int json;
 } bench_opts_t;
 
@@ -40,6 +41,9 @@ static const fl_cfg_opt_t bench_opts[] = {
          "tokens per GEMM (the prompt block size)"),
     BOPT("repeats", FL_CFG_INT, repeats, "20", 1, 1000,
          "measurements per figure; the best is kept (the machine is shared)"),
+    BOPT("kernels", FL_CFG_STRING, kernels, "best", 1, 0,
+         "int8 kernel set for the GEMM/GEMV figures: best, avx512vnni, avx2, "
+         "neondot, neon or portable (decode always uses the best)"),
     BOPT("json", FL_CFG_BOOL, json, "true", 1, 0,
          "JSON output (the only format)"),
 };
@@ -410,7 +414,15 @@ int fl_bench_model(int argc, char **argv)
 
     char cpu[256];
     cpu_name(cpu, sizeof cpu);
-    const fl_q8_kernels_t *ks = fl_q8_kernels_best();
+    const fl_q8_kernels_t *ks = strcmp(o.kernels, "best") == 0
+                                    ? fl_q8_kernels_best()
+                                    : fl_q8_kernels_by_name(o.kernels);
+    if (!ks) {
+        fl_cli_error(cmd, "kernel set '%s' is not available on this CPU",
+                     o.kernels);
+        status = FL_EXIT_USAGE;
+        goto out;
+    }
     json_object_set_new(obj, "cpu", json_string(cpu));
     json_object_set_new(obj, "int8_kernels", json_string(ks->name));
     json_object_set_new(obj, "openblas", json_string(openblas_get_config()));
