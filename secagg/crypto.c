@@ -451,8 +451,11 @@ static inline uint32_t bits_get_safe(const uint8_t *in, size_t inlen, size_t i,
     } while (0)
 
 /* Built for AVX-512 (x86-64-v4), AVX2 and baseline x86-64, chosen at load
- * time. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+ * time. Not under ThreadSanitizer: the chooser is an ifunc resolver that
+ * runs during relocation, before the sanitizer's runtime exists, and its
+ * instrumentation would crash the program at load. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&         \
+    !defined(__SANITIZE_THREAD__)
 #define SA_CLONES                                                              \
     __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else

@@ -89,6 +89,15 @@ static int eng_begin(void *ctx, Flotilla__RoundConfig *rc, uint32_t n,
     er->D = fl_compress_space_dim(er->codec);
     er->m = fl_compress_value_count(er->codec);
     if (er->secagg && rc->secagg->graph == FLOTILLA__GRAPH_KIND__GRAPH_HARARY &&
+        s->cfg.degree && rc->secagg->degree + 2 > n) {
+        /* Too few invitees for the configured degree: the complete graph
+         * (every device a neighbour of every other) is the only choice. */
+        rc->secagg->graph = FLOTILLA__GRAPH_KIND__GRAPH_COMPLETE;
+        rc->secagg->degree = n - 1;
+        if (!s->cfg.threshold || rc->secagg->threshold > n - 1)
+            rc->secagg->threshold = FL_MAX(2u, (n - 1) / 2 + 1);
+    }
+    if (er->secagg && rc->secagg->graph == FLOTILLA__GRAPH_KIND__GRAPH_HARARY &&
         s->cfg.degree == 0) {
         /* SecAgg+ parameters for the configured corrupt and dropout
          * fractions (the complete graph for small cohorts). */

@@ -3,6 +3,7 @@
 #include "server/server.h"
 
 #include <inttypes.h>
+#include <math.h>
 
 static const char *const phase_names[FL_SERVER_PHASE_COUNT] = {
     "invite", "advertise", "share", "masked_input", "unmask", "finish"};
@@ -28,10 +29,18 @@ static int u64(fl_buf_t *o, const char *name, const char *type,
     return rc ? rc : fl_buf_printf(o, "%s %" PRIu64 "\n", name, v);
 }
 
+/* Prometheus spells the special values +Inf, -Inf and NaN (an epsilon is
+ * infinite when the server adds no noise). */
 static int dbl(fl_buf_t *o, const char *name, const char *help, double v)
 {
     int rc = head(o, name, "gauge", help);
-    return rc ? rc : fl_buf_printf(o, "%s %.17g\n", name, v);
+    if (rc)
+        return rc;
+    if (isnan(v))
+        return fl_buf_printf(o, "%s NaN\n", name);
+    if (isinf(v))
+        return fl_buf_printf(o, "%s %sInf\n", name, v > 0 ? "+" : "-");
+    return fl_buf_printf(o, "%s %.17g\n", name, v);
 }
 
 int fl_server_metrics_render(const fl_server_metrics_t *m, fl_buf_t *o)

@@ -70,7 +70,7 @@ struct fl_server_round {
     int timer_init;
     double phase_start;
     int shutting_down;
-    int warned_no_model;
+    int warned_waiting; /* "rounds wait" logged once */
     double loss_sum[2]; /* TrainingReports of this round: before, after */
     uint32_t nreports;
     int busy; /* inside a loop over participants: dropouts only counted */
@@ -358,16 +358,16 @@ void fl_server_round_tick(fl_server_round_t *r)
     char why[256] = "";
     if (s->engine->ready &&
         s->engine->ready(s->engine_ctx, why, sizeof why) < 0) {
-        if (!r->warned_no_model)
+        if (!r->warned_waiting)
             FL_WARN("rounds cannot run: %s", why);
-        r->warned_no_model = 1;
+        r->warned_waiting = 1;
         schedule_next(r, (uint64_t)c->round_interval_ms);
         return;
     }
     if (!s->params) {
-        if (!r->warned_no_model)
+        if (!r->warned_waiting)
             FL_WARN("no global model yet (set init-model); waiting");
-        r->warned_no_model = 1;
+        r->warned_waiting = 1;
         schedule_next(r, (uint64_t)c->round_interval_ms);
         return;
     }
@@ -379,6 +379,7 @@ void fl_server_round_tick(fl_server_round_t *r)
         s->metrics.budget_spent = 1;
         return; /* no timer: training is over */
     }
+    r->warned_waiting = 0;
     /* Candidates, then a uniform random choice of up to the invitees. */
     uint32_t want = fl_server_config_invitees(c), have = 0;
     for (fl_server_peer_t *p = s->peers; p; p = p->next)
@@ -454,7 +455,7 @@ void fl_server_round_tick(fl_server_round_t *r)
         goto out;
     }
     FL_INFO("round %llu: inviting %u of %u eligible devices (cohort %lld, "
-            "threshold %u)",
+            "%u survivors needed)",
             (unsigned long long)r->round, n, have, (long long)c->cohort,
             r->threshold);
     r->busy++;

@@ -68,8 +68,6 @@ typedef enum {
  * (fl_server_config_free). Durations are milliseconds unless the name says
  * otherwise. deploy/server.example.ini explains each one. */
 typedef struct {
-    /* config file given with --config (handled by the parser; kept for
-     * the table only) */
     char *listen;          /* device listener address */
     int64_t port;          /* 0 = any free port */
     int transport;         /* fl_server_transport_t */

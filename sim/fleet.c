@@ -876,11 +876,13 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
     double wall = fl_time_mono_s() - f.t_start;
     char *js = NULL;
     json_t *j = json_pack(
-        "{s:s, s:I, s:i, s:I, s:f, s:f, s:f, s:f, s:b, s:f, s:f, s:I, s:I, "
+        "{s:s, s:I, s:i, s:I, s:f, s:f, s:o, s:f, s:b, s:f, s:f, s:I, s:I, "
         "s:s, s:I, s:f}",
         "name", cfg->name, "rounds", (json_int_t)st->round, "clients", f.ndev,
         "cohort", (json_int_t)cfg->cohort, "initial_val_loss", f.initial_val,
-        "final_val_loss", f.last_val, "epsilon", st->epsilon, "delta",
+        "final_val_loss", f.last_val, "epsilon",
+        /* no DP: an infinite epsilon, which JSON writes as null */
+        isfinite(st->epsilon) ? json_real(st->epsilon) : json_null(), "delta",
         cfg->delta, "secagg", cfg->secagg, "upload_bytes_per_client_round",
         f.up_rounds ? f.up_total / f.up_rounds : 0.0, "wall_s", wall,
         "rounds_aborted", (json_int_t)st->rounds_aborted, "quant_bits",
@@ -890,6 +892,8 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
         cfg->noise_multiplier);
     if (j)
         js = json_dumps(j, JSON_INDENT(2));
+    else
+        FL_ERROR("cannot build summary.json");
     json_decref(j);
     if (js) {
         size_t n = strlen(js);
