@@ -23,6 +23,7 @@ typedef struct {
     int64_t tokens;
     int64_t prefill;
     int64_t repeats;
+    char *kernels;
     int json;
 } bench_opts_t;
 
@@ -40,6 +41,9 @@ static const fl_cfg_opt_t bench_opts[] = {
          "tokens per GEMM (the prompt block size)"),
     BOPT("repeats", FL_CFG_INT, repeats, "20", 1, 1000,
          "measurements per figure; the best is kept (the machine is shared)"),
+    BOPT("kernels", FL_CFG_STRING, kernels, "best", 1, 0,
+         "int8 kernel set for the GEMM/GEMV figures: best, avx512vnni, avx2, "
+         "neondot, neon or portable (decode always uses the best)"),
     BOPT("json", FL_CFG_BOOL, json, "true", 1, 0,
          "JSON output (the only format)"),
 };
@@ -140,10 +144,12 @@ static void cpu_name(char *out, size_t len)
 /* ---- the matrices of one model -------------------------------------------
  * Every weight matrix of the model, each product timed on its own (best of
  * N single calls), so that a short product is rarely preempted on a shared
- * machine. The output head (32000 rows) is timed in slices of at most 4096
- * rows: the same arithmetic (panels are independent), shorter windows. */
+ * machine. The output head (32000 rows) is timed in slices of SLICE rows:
+ * the same arithmetic (panels are independent), in windows as short as
+ * the layers' products (about a millisecond for sgemm), so that neither
+ * side is favoured by being preempted less. */
 
-enum { MAXJOB = 7 * 16 + 16 };
+enum { SLICE = 1024, MAXJOB = 7 * 16 + 64 };
 
 typedef struct {
     const float *w32;  /* rows x cols, row-major */
@@ -159,10 +165,10 @@ typedef struct {
 static void add_job(mats_t *m, const float *w32, const fl_q8_matrix_t *w8)
 {
     int G = w8->k / w8->gs;
-    for (int r0 = 0; r0 < w8->n && m->njob < MAXJOB; r0 += 4096) {
+    for (int r0 = 0; r0 < w8->n && m->njob < MAXJOB; r0 += SLICE) {
         job_t *j = &m->job[m->njob++];
         int p0 = r0 / FL_Q8_PANEL;
-        j->rows = FL_MIN(4096, w8->n - r0);
+        j->rows = FL_MIN(SLICE, w8->n - r0);
         j->cols = w8->k;
         j->w32 = w32 + (size_t)r0 * w8->k;
         j->w8 = *w8;
@@ -198,7 +204,7 @@ typedef struct {
     const mats_t *m;
     const fl_q8_kernels_t *ks;
     int M, gs;
-    float *x, *y; /* [M, wide], [M, 4096] */
+    float *x, *y; /* [M, wide], [M, SLICE] */
     uint8_t *xq;  /* [M, wide] */
     float *xs;
 } work_t;
@@ -408,7 +414,15 @@ int fl_bench_model(int argc, char **argv)
 
     char cpu[256];
     cpu_name(cpu, sizeof cpu);
-    const fl_q8_kernels_t *ks = fl_q8_kernels_best();
+    const fl_q8_kernels_t *ks = strcmp(o.kernels, "best") == 0
+                                    ? fl_q8_kernels_best()
+                                    : fl_q8_kernels_by_name(o.kernels);
+    if (!ks) {
+        fl_cli_error(cmd, "kernel set '%s' is not available on this CPU",
+                     o.kernels);
+        status = FL_EXIT_USAGE;
+        goto out;
+    }
     json_object_set_new(obj, "cpu", json_string(cpu));
     json_object_set_new(obj, "int8_kernels", json_string(ks->name));
     json_object_set_new(obj, "openblas", json_string(openblas_get_config()));
@@ -431,7 +445,7 @@ int fl_bench_model(int argc, char **argv)
     w.ks = ks;
     w.gs = fl_q8_model_group_size(q);
     w.x = fl_aligned_alloc(64, (size_t)M * wide * sizeof(float));
-    w.y = fl_aligned_alloc(64, (size_t)M * 4096 * sizeof(float));
+    w.y = fl_aligned_alloc(64, (size_t)M * SLICE * sizeof(float));
     w.xq = fl_aligned_alloc(64, (size_t)M * wide);
     w.xs = fl_aligned_alloc(64, (size_t)M * wide / 4 * sizeof(float));
     if (!w.x || !w.y || !w.xq || !w.xs) {
@@ -464,8 +478,8 @@ int fl_bench_model(int argc, char **argv)
     json_object_set_new(
         obj, "clock_method",
         json_string("rate of a chain of dependent 64-bit adds (1 cycle each), "
-                    "best of 5; rdtsc is not used because in a VM it counts "
-                    "at the TSC rate, not the core clock"));
+                    "best of 200 short bursts; rdtsc is not used because in a "
+                    "VM it counts at the TSC rate, not the core clock"));
     if (strcmp(ks->name, "avx512vnni") == 0) {
         double peak_rate = vnni_macs_per_s(), peak = peak_rate / hz;
         json_object_set_new(obj, "peak_int8_macs_per_cycle", json_real(peak));

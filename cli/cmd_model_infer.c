@@ -132,6 +132,7 @@ typedef struct {
     int int8;
     int64_t group_size;
     int64_t threads;
+    int dummy_prefix;
     int json;
 } gen_opts_t;
 
@@ -158,6 +159,9 @@ static const fl_cfg_opt_t gen_opts[] = {
          "int8 group size when quantizing a model.bin (0 = default)"),
     GOPT("threads", FL_CFG_INT, threads, "1", 1, 256,
          "OpenBLAS threads (fp32 path)"),
+    GOPT("dummy-prefix", FL_CFG_BOOL, dummy_prefix, "false", 1, 0,
+         "prepend a space to the prompt, as Llama / llama2.c vocabularies "
+         "expect (flotilla's own training data has none)"),
     GOPT("json", FL_CFG_BOOL, json, "false", 1, 0,
          "print one JSON object instead of streaming text"),
 };
@@ -222,9 +226,9 @@ int fl_cmd_model_generate(int argc, char **argv)
         goto out;
     }
     const fl_model_config_t *c = fl_infer_config(inf);
-    int bpe = fl_tokenizer_kind(tok) == FL_TOKENIZER_BPE;
-    unsigned flags =
-        FL_TOKENIZER_ADD_BOS | (bpe ? FL_TOKENIZER_DUMMY_PREFIX : 0);
+    /* BOS first, as flotilla's data pipeline and llama2.c train. */
+    unsigned pfx = o.dummy_prefix ? FL_TOKENIZER_DUMMY_PREFIX : 0;
+    unsigned flags = FL_TOKENIZER_ADD_BOS | pfx;
     size_t plen = strlen(o.prompt), n = 0;
     size_t cap = plen + 3 + (size_t)o.steps;
     ids = fl_calloc(cap, sizeof *ids);
@@ -267,8 +271,7 @@ int fl_cmd_model_generate(int argc, char **argv)
         fl_cli_error(cmd, "%s", fl_strerror(rc));
         goto out;
     }
-    fl_tokenizer_decode(tok, ids, n, bpe ? FL_TOKENIZER_DUMMY_PREFIX : 0,
-                        &text);
+    fl_tokenizer_decode(tok, ids, n, pfx, &text);
     if (!o.json) {
         fwrite(text.data, 1, text.len, stdout);
         fflush(stdout);
@@ -281,7 +284,7 @@ int fl_cmd_model_generate(int argc, char **argv)
             t_first = fl_time_mono_s() - t0;
         ids[pos] = next;
         generated++;
-        if (next == 2 && bpe) /* EOS */
+        if (next == FL_TOKENIZER_EOS)
             break;
         fl_buf_reset(&piece);
         fl_tokenizer_decode(tok, &next, 1, 0, &piece);

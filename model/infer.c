@@ -27,8 +27,9 @@ struct fl_infer {
     const fl_q8_kernels_t *ks;
     int max_batch, kv_dim, head_size;
     size_t bytes;
-    float *mem;                      /* one allocation for all below */
+    float *cache;                    /* kcache and vcache */
     float *kcache, *vcache;          /* [L, seq_len, kv_dim] */
+    float *mem;                      /* one allocation for all below */
     float *x, *xb, *xb2, *q, *k, *v; /* [B, dim] / [B, kv_dim] */
     float *hb, *hb2;                 /* [B, hidden] */
     float *att;                      /* [seq_len] */
@@ -41,6 +42,7 @@ void fl_infer_free(fl_infer_t *s)
 {
     if (!s)
         return;
+    fl_free(s->cache);
     fl_free(s->mem);
     fl_free(s->aq);
     fl_free(s);
@@ -66,25 +68,30 @@ static int state_new(const fl_model_config_t *cfg, int max_batch, int gs,
            half = (size_t)s->head_size / 2, wide = FL_MAX(D, H);
     /* each piece rounded to 16 floats so every array is 64-byte aligned */
 #define R16(n) (((n) + 15) / 16 * 16)
-    size_t sizes[] = {R16(L * S * KV), R16(L * S * KV),  R16(B * D),
-                      R16(B * D),      R16(B * D),       R16(B * D),
-                      R16(B * KV),     R16(B * KV),      R16(B * H),
-                      R16(B * H),      R16(S),           R16(S * half),
-                      R16(S * half),   R16(B * wide / 4)};
+    size_t sizes[] = {R16(B * D),    R16(B * D),    R16(B * D),
+                      R16(B * D),    R16(B * KV),   R16(B * KV),
+                      R16(B * H),    R16(B * H),    R16(S),
+                      R16(S * half), R16(S * half), R16(B * wide / 4)};
 #undef R16
     size_t total = 0;
     for (size_t i = 0; i < FL_ARRAY_LEN(sizes); i++)
         total += sizes[i];
+    /* The KV cache is its own calloc: the kernel hands out zero pages
+     * lazily, so a long context costs memory only as far as it is used
+     * (a model file's seq_len alone cannot make us touch gigabytes). */
+    s->cache = fl_calloc(2 * L * S, KV * sizeof(float));
     s->mem = fl_aligned_alloc(64, total * sizeof(float));
     s->aq = fl_aligned_alloc(64, B * wide);
-    if (!s->mem || !s->aq) {
+    if (!s->cache || !s->mem || !s->aq) {
         fl_infer_free(s);
         return FL_ENOMEM;
     }
-    s->bytes = total * sizeof(float) + B * wide;
-    float **ptrs[] = {&s->kcache, &s->vcache,   &s->x,        &s->xb, &s->xb2,
-                      &s->q,      &s->k,        &s->v,        &s->hb, &s->hb2,
-                      &s->att,    &s->rope_cos, &s->rope_sin, &s->aqs};
+    s->kcache = s->cache;
+    s->vcache = s->cache + L * S * KV;
+    s->bytes = (2 * L * S * KV + total) * sizeof(float) + B * wide;
+    float **ptrs[] = {&s->x,   &s->xb,       &s->xb2,      &s->q,
+                      &s->k,   &s->v,        &s->hb,       &s->hb2,
+                      &s->att, &s->rope_cos, &s->rope_sin, &s->aqs};
     float *p = s->mem;
     for (size_t i = 0; i < FL_ARRAY_LEN(sizes); i++) {
         *ptrs[i] = p;

@@ -35,7 +35,8 @@ void fl_infer_free(fl_infer_t *s); /* NULL is a no-op */
 const fl_model_config_t *fl_infer_config(const fl_infer_t *s);
 /* 1 for the int8 path. */
 int fl_infer_is_int8(const fl_infer_t *s);
-/* Bytes of the cache and scratch this state allocated. */
+/* Bytes of the cache and scratch this state allocated (the KV cache is
+ * zero pages until positions are used, so resident memory is less). */
 size_t fl_infer_state_bytes(const fl_infer_t *s);
 
 /* Runs tokens [n] at positions pos .. pos + n - 1; the cache must hold

@@ -15,6 +15,7 @@
 #include "common/common.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define MR 4
@@ -130,7 +131,56 @@ static void avx2_gemv(float *y, const uint8_t *xq, const float *xs,
         tile_1(y, xq, xs, w, p);
 }
 
+/* Same arithmetic as the portable quantizer, 8 lanes at a time: amax,
+ * inv = 127 / amax in float, x * inv rounded to nearest-even (the MXCSR
+ * default, as nearbyintf), clamped; a tail of 4 goes through the scalar
+ * code with the same inv. */
+static void avx2_quantize_act(uint8_t *xq, float *xs, const float *x, int m,
+                              int k, int gs)
+{
+    const int G = k / gs;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    const __m256i bias = _mm256_set1_epi32(FL_Q8_ACT_BIAS);
+    for (int r = 0; r < m; r++) {
+        for (int g = 0; g < G; g++) {
+            const float *xg = x + (size_t)r * k + (size_t)g * gs;
+            uint8_t *qg = xq + (size_t)r * k + (size_t)g * gs;
+            __m256 vmax = _mm256_setzero_ps();
+            int t = 0;
+            for (; t + 8 <= gs; t += 8)
+                vmax = _mm256_max_ps(
+                    vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xg + t)));
+            float lanes[8];
+            _mm256_storeu_ps(lanes, vmax);
+            float amax = 0.0f;
+            for (int i = 0; i < 8; i++)
+                amax = fmaxf(amax, lanes[i]);
+            for (; t < gs; t++)
+                amax = fmaxf(amax, fabsf(xg[t]));
+            float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            xs[(size_t)r * G + g] = amax / 127.0f;
+            __m256 vi = _mm256_set1_ps(inv);
+            for (t = 0; t + 8 <= gs; t += 8) {
+                __m256i v = _mm256_cvtps_epi32(
+                    _mm256_mul_ps(_mm256_loadu_ps(xg + t), vi));
+                v = _mm256_add_epi32(
+                    _mm256_min_epi32(_mm256_max_epi32(v, lo), hi), bias);
+                __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(v),
+                                              _mm256_extracti128_si256(v, 1));
+                _mm_storel_epi64((__m128i *)(qg + t),
+                                 _mm_packus_epi16(p16, p16));
+            }
+            for (; t < gs; t++) {
+                float v = nearbyintf(xg[t] * inv);
+                v = fminf(127.0f, fmaxf(-127.0f, v));
+                qg[t] = (uint8_t)((int)v + FL_Q8_ACT_BIAS);
+            }
+        }
+    }
+}
+
 const fl_q8_kernels_t fl_q8_kernels_avx2_ = {"avx2", avx2_gemm, avx2_gemv,
-                                             fl_q8_quantize_act_portable_};
+                                             avx2_quantize_act};
 
 #endif /* __x86_64__ */

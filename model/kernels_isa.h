@@ -15,6 +15,9 @@ extern const fl_q8_kernels_t fl_q8_kernels_avx2_;       /* kernels_avx2.c */
 #elif defined(__aarch64__)
 extern const fl_q8_kernels_t fl_q8_kernels_neondot_; /* kernels_neondot.c */
 extern const fl_q8_kernels_t fl_q8_kernels_neon_;    /* kernels_neon.c */
+/* The NEON activation quantizer (kernels_neon.c), shared by both sets. */
+void fl_q8_quantize_act_neon_(uint8_t *xq, float *xs, const float *x, int m,
+                              int k, int gs);
 #endif
 
 /* The portable activation quantizer; ISA files reuse it for odd shapes. */

@@ -85,7 +85,38 @@ static void neon_gemv(float *y, const uint8_t *xq, const float *xs,
     neon_gemm(y, xq, xs, 1, w);
 }
 
+/* The activation quantizer for both NEON sets: the portable arithmetic,
+ * 4 lanes at a time (vcvtnq rounds to nearest-even, as nearbyintf). */
+void fl_q8_quantize_act_neon_(uint8_t *xq, float *xs, const float *x, int m,
+                              int k, int gs)
+{
+    const int G = k / gs;
+    for (int r = 0; r < m; r++) {
+        for (int g = 0; g < G; g++) {
+            const float *xg = x + (size_t)r * k + (size_t)g * gs;
+            uint8_t *qg = xq + (size_t)r * k + (size_t)g * gs;
+            float32x4_t vmax = vdupq_n_f32(0.0f);
+            for (int t = 0; t < gs; t += 4)
+                vmax = vmaxq_f32(vmax, vabsq_f32(vld1q_f32(xg + t)));
+            float amax = vmaxvq_f32(vmax);
+            float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            xs[(size_t)r * G + g] = amax / 127.0f;
+            for (int t = 0; t < gs; t += 4) {
+                int32x4_t v =
+                    vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(xg + t), inv));
+                v = vminq_s32(vmaxq_s32(v, vdupq_n_s32(-127)),
+                              vdupq_n_s32(127));
+                v = vaddq_s32(v, vdupq_n_s32(FL_Q8_ACT_BIAS));
+                uint16x4_t h = vqmovun_s32(v);
+                uint8x8_t b = vqmovn_u16(vcombine_u16(h, h));
+                uint32_t four = vget_lane_u32(vreinterpret_u32_u8(b), 0);
+                memcpy(qg + t, &four, 4);
+            }
+        }
+    }
+}
+
 const fl_q8_kernels_t fl_q8_kernels_neon_ = {"neon", neon_gemm, neon_gemv,
-                                             fl_q8_quantize_act_portable_};
+                                             fl_q8_quantize_act_neon_};
 
 #endif /* __aarch64__ */

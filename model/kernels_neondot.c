@@ -78,6 +78,6 @@ static void neondot_gemv(float *y, const uint8_t *xq, const float *xs,
 }
 
 const fl_q8_kernels_t fl_q8_kernels_neondot_ = {
-    "neondot", neondot_gemm, neondot_gemv, fl_q8_quantize_act_portable_};
+    "neondot", neondot_gemm, neondot_gemv, fl_q8_quantize_act_neon_};
 
 #endif /* __aarch64__ */
