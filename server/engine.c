@@ -5,6 +5,8 @@
  * reaches them only through this table. */
 #include "server/internal.h"
 
+#include "model/quant.h"
+
 #include <math.h>
 #include <sodium.h>
 #include <string.h>
@@ -250,8 +252,10 @@ static int publish(fl_server_t *s, const fl_model_t *tmpl, const float *params,
     fl_model_t *m = NULL;
     uint8_t *man = NULL;
     size_t manlen = 0;
-    fl_buf_t bin;
+    fl_q8_model_t *q8 = NULL;
+    fl_buf_t bin, q8bin;
     fl_buf_init(&bin, FL_MODEL_MAX_FILE);
+    fl_buf_init(&q8bin, FL_MODEL_MAX_FILE);
     int rc = fl_model_clone(tmpl, &m);
     if (rc < 0)
         goto out;
@@ -259,6 +263,18 @@ static int publish(fl_server_t *s, const fl_model_t *tmpl, const float *params,
     rc = fl_model_save_buf(m, 0, &bin);
     if (rc < 0)
         goto out;
+    /* The int8 export devices serve inference from: adapters (if any)
+     * folded into the copy's base weights first. */
+    rc = fl_model_lora_merge(m);
+    if (rc == 0)
+        rc = fl_q8_model_from_model(
+            m, fl_q8_default_group_size(fl_model_config(m)), &q8);
+    if (rc == 0)
+        rc = fl_q8_model_save_buf(q8, &q8bin);
+    if (rc < 0) {
+        snprintf(why, whylen, "int8 export: %s", fl_strerror(rc));
+        goto out;
+    }
     rc = fl_path_join(root, sizeof root, s->cfg.state_dir, MODELS_DIR);
     if (rc < 0)
         goto out;
@@ -267,7 +283,8 @@ static int publish(fl_server_t *s, const fl_model_t *tmpl, const float *params,
                                .epsilon = st->epsilon,
                                .delta = s->cfg.delta};
     fl_artifact_input_t files[] = {
-        {.name = "model.bin", .data = bin.data, .len = bin.len}};
+        {.name = "model.bin", .data = bin.data, .len = bin.len},
+        {.name = "model.q8", .data = q8bin.data, .len = q8bin.len}};
     rc = fl_artifact_publish(root, s->signing_key, &meta, files,
                              FL_ARRAY_LEN(files),
                              (unsigned)s->cfg.keep_versions, why, whylen);
@@ -289,6 +306,8 @@ static int publish(fl_server_t *s, const fl_model_t *tmpl, const float *params,
 out:
     fl_free(man);
     fl_buf_free(&bin);
+    fl_buf_free(&q8bin);
+    fl_q8_model_free(q8);
     fl_model_free(m);
     return rc;
 }

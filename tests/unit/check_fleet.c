@@ -6,6 +6,7 @@
  * byte a device sends in rounds is recorded, and none of its text is in
  * them. */
 #include "client/client.h"
+#include "model/quant.h"
 #include "model/tokenizer.h"
 #include "net/net.h"
 #include "server/server.h"
@@ -347,6 +348,19 @@ START_TEST(test_fleet_of_daemons)
     fprintf(stderr, "fleet: %llu rounds, validation loss %.3f -> %.3f\n",
             (unsigned long long)last, l0, l1);
     ck_assert_msg(l1 < l0 - 0.2, "loss %.3f -> %.3f", l0, l1);
+    /* The published version verifies, and carries the int8 export devices
+     * serve inference from. */
+    uint8_t pub[32];
+    char why[160] = "";
+    snprintf(line, sizeof line, "%s/sign.pub", base);
+    ck_assert_int_eq(fl_artifact_pub_load(line, pub), 0);
+    ck_assert_msg(
+        fl_artifact_verify_dir(model_dir, pub, NULL, why, sizeof why) == 0,
+        "%s", why);
+    fl_q8_model_t *q8 = NULL;
+    snprintf(line, sizeof line, "%s/model.q8", model_dir);
+    ck_assert_int_eq(fl_q8_model_load(line, &q8), 0);
+    fl_q8_model_free(q8);
     fl_test_rmtree(base);
 }
 END_TEST
