@@ -301,11 +301,12 @@ static void apply_limits(const fl_client_config_t *cfg)
         FL_WARN("cannot set nice %lld: %s", (long long)cfg->nice,
                 strerror(errno));
     fl_model_set_threads((int)cfg->threads);
-#if defined(__SANITIZE_ADDRESS__)
-    /* AddressSanitizer reserves terabytes of shadow address space: a cap
-     * on data segments would stop it, not the training. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    /* The sanitizers reserve terabytes of shadow address space and have
+     * allocators of their own: a cap on data segments would stop them,
+     * not the training. */
     if (cfg->memory_mb > 0)
-        FL_WARN("memory cap of %lld MiB not applied under AddressSanitizer",
+        FL_WARN("memory cap of %lld MiB not applied under a sanitizer",
                 (long long)cfg->memory_mb);
 #else
     if (cfg->memory_mb > 0) {
