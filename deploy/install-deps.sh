@@ -20,6 +20,7 @@ done
 PKGS="build-essential pkg-config clang
 libuv1-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler libsodium-dev
 libopenblas-dev check libinih-dev libjansson-dev
+debhelper dpkg-dev fakeroot
 fortunes gnuplot-nox python3 python3-numpy python3-nacl openssl curl
 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
 # Installed without recommends (the recommends pull in a large CUDA-free but heavy stack).
