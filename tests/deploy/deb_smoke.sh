@@ -58,7 +58,7 @@ cleanup() {
         dpkg -P flotilla >/dev/null 2>&1 || true
     fi
     rm -rf "$tmp"
-    [ "$rc" = 0 ] && say "PASS" || say "failed (status $rc)"
+    if [ "$rc" = 0 ]; then say "PASS"; else say "failed (status $rc)"; fi
     exit "$rc"
 }
 trap cleanup EXIT
