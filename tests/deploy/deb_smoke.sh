@@ -11,7 +11,8 @@
 #    where they belong, the units are not enabled, systemd-analyze verify
 # 4. TLS material from the installed make-ca.sh, the signing key from
 #    `flotilla keygen`, a server.ini made from the installed example with
-#    those paths; the server started as the unit's ExecStart does, /healthz
+#    those paths; the server started as the unit runs it (an unprivileged
+#    user, the keys as credentials: docs/OPERATIONS.md), /healthz
 #    and /metrics answered, a TLS 1.3 handshake verified against the CA, a
 #    device enrolled (`flotilla client id`, `flotilla server enroll`,
 #    SIGHUP); SIGTERM stops it with status 0
@@ -26,7 +27,7 @@ build=1
 for a in "$@"; do
     case "$a" in
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "deb_smoke.sh: unknown argument '$a'" >&2; exit 2 ;;
     esac
 done
@@ -130,9 +131,28 @@ sed -e "s|/etc/flotilla|$etc|g" -e "s|/var/lib/flotilla-server|$state|g" \
     "$ex/server.example.ini" > "$etc/server.ini"
 grep -q "^tls-key = $etc/server.key" "$etc/server.ini" || fail "server.ini was not rewritten"
 
-# As the unit's ExecStart, with the configuration and state moved.
+# As the unit runs it: an unprivileged user (the unit's DynamicUser; here
+# nobody), a state directory it owns, the secret keys handed over as
+# credentials the way the LoadCredential= drop-in of docs/OPERATIONS.md does
+# (a directory of the service user's, mode 0500, files mode 0400), and the
+# ExecStart of that drop-in, with the configuration and state moved.
+svc_user=nobody
+svc_group=$(id -gn "$svc_user")
+cred=$tmp/credentials
+mkdir -p "$state" "$cred"
+chmod 0755 "$tmp" "$etc"
+chmod 0644 "$etc/server.ini"
+install -m 0400 -o "$svc_user" "$etc/server.key" "$cred/server.key"
+install -m 0400 -o "$svc_user" "$etc/model-signing.key" "$cred/model-signing.key"
+chown "$svc_user" "$cred" "$state"
+chmod 0500 "$cred"
+chmod 0700 "$state"
 log=$tmp/server.log
-flotilla server --config "$etc/server.ini" --state "$state" >"$log" 2>&1 &
+CREDENTIALS_DIRECTORY=$cred
+setpriv --reuid="$svc_user" --regid="$svc_group" --clear-groups \
+    flotilla server --config "$etc/server.ini" --state "$state" \
+    --tls-key "$CREDENTIALS_DIRECTORY/server.key" \
+    --signing-key "$CREDENTIALS_DIRECTORY/model-signing.key" >"$log" 2>&1 &
 server_pid=$!
 i=0
 while ! grep -q 'devices connect to' "$log"; do
@@ -142,7 +162,7 @@ while ! grep -q 'devices connect to' "$log"; do
 done
 port=$(sed -n 's/.*devices connect to [0-9.]*:\([0-9]*\).*/\1/p' "$log" | head -1)
 murl=$(sed -n 's/.*metrics on \(http[^ ]*\).*/\1/p' "$log" | head -1)
-say "server started (pid $server_pid): devices on port $port, metrics on $murl"
+say "server started as $svc_user with credentials (pid $server_pid): devices on port $port, metrics on $murl"
 
 if command -v curl >/dev/null; then
     [ "$(curl -fsS "${murl%/metrics}/healthz")" = ok ] || fail "/healthz did not answer ok"
@@ -160,6 +180,8 @@ fi
 # Enrol a device: its identity from `flotilla client id`, then SIGHUP.
 dev=$(flotilla client id --state "$tmp/device" 2>/dev/null)
 flotilla server enroll --state "$state" --name smoke-device "$dev" >/dev/null 2>&1
+# root wrote the enrolment files: back to the service user, as documented.
+chown -R --reference="$state" "$state/"
 flotilla server list --state "$state" | grep -q "^$dev smoke-device" || fail "device not enrolled"
 kill -HUP "$server_pid"
 i=0
