@@ -136,7 +136,10 @@ static int path_in(const char *dir, const char *name, char *out, size_t len)
 
 /* ---- the model in use ---- */
 
-/* Loads the store's current version; on failure rolls back once. */
+/* Loads the store's current version; on failure rolls back once. When
+ * neither version verifies and loads (e.g. the server's signing key was
+ * rotated), the device starts without a model and downloads the current
+ * one: a stored model is never used unverified, and never blocks start. */
 static int load_current_model(fl_client_agent_t *a)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -158,10 +161,10 @@ static int load_current_model(fl_client_agent_t *a)
             a->version = v;
             return 0;
         }
-        if (fl_client_store_rollback(a->state_dir) < 0)
-            return rc;
+        if (rc == FL_ENOMEM || fl_client_store_rollback(a->state_dir) < 0)
+            return rc == FL_ENOMEM ? rc : 0;
     }
-    return FL_EFORMAT;
+    return 0;
 }
 
 /* Makes sure the residual matches the model's trainable vector. */

@@ -10,6 +10,7 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -312,6 +313,30 @@ int fl_server_key_parse(const char *arg, uint8_t key[32])
     return rc;
 }
 
+/* An operator edits the list as root while the server runs as its own
+ * user: the files written get the owner of the directory they are in, so
+ * the server can still read them (a SIGHUP reload would fail otherwise). */
+static void keep_dir_owner(const char *path, const char *lock)
+{
+    char dir[4096];
+    struct stat st;
+    if (geteuid() != 0 ||
+        snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir)
+        return;
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    if (stat(dir, &st) < 0 || st.st_uid == 0)
+        return;
+    if (chown(path, st.st_uid, st.st_gid) < 0 ||
+        chown(lock, st.st_uid, st.st_gid) < 0)
+        return; /* best effort: the server says so when it cannot read */
+}
+
 int fl_server_enrol_edit(const char *path, const uint8_t key[32],
                          const char *name, int add, char *err, size_t errlen)
 {
@@ -345,6 +370,8 @@ int fl_server_enrol_edit(const char *path, const uint8_t key[32],
     rc = fl_server_enrol_save(e, path);
     if (rc < 0)
         snprintf(err, errlen, "%s: %s", path, fl_strerror(rc));
+    else
+        keep_dir_owner(path, lock);
 out:
     fl_server_enrol_free(e);
     if (fd >= 0)

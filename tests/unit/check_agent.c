@@ -312,6 +312,23 @@ START_TEST(test_hello_and_download)
     ck_assert_ptr_nonnull(fl_client_agent_model(f.agent, &v));
     ck_assert_uint_eq(v, 1);
 
+    /* After the signing key is rotated, the stored model no longer
+     * verifies: a restarted device starts without it (and downloads). */
+    {
+        fl_client_agent_free(f.agent);
+        f.agent = NULL;
+        fl_artifact_key_t *old = f.signer;
+        ck_assert_int_eq(fl_artifact_key_generate(&f.signer), 0);
+        fx_agent(&f);
+        ck_assert_ptr_null(fl_client_agent_model(f.agent, &v));
+        fl_client_agent_free(f.agent);
+        f.agent = NULL;
+        fl_artifact_key_free(f.signer);
+        f.signer = old;
+        fx_agent(&f);
+        ck_assert_ptr_nonnull(fl_client_agent_model(f.agent, &v));
+        ck_assert_uint_eq(v, 1);
+    }
     /* Version 2 with one byte flipped in transit: refused, 1 stays. */
     publish(&f, 2, 12);
     do_hello(&f, 2);

@@ -536,6 +536,29 @@ START_TEST(test_state_roundtrip)
 }
 END_TEST
 
+START_TEST(test_enrol_edit_keeps_dir_owner)
+{
+    /* Run as root on a state directory owned by the service's user, an
+     * edit leaves the list readable by that user. */
+    if (geteuid() != 0)
+        return;
+    char dir[256], path[300], err[256] = "";
+    fl_test_tmpdir(dir, sizeof dir);
+    ck_assert_int_eq(chown(dir, 65534, 65534), 0);
+    snprintf(path, sizeof path, "%s/enrolled", dir);
+    uint8_t key[32];
+    memset(key, 7, sizeof key);
+    ck_assert_msg(fl_server_enrol_edit(path, key, "dev", 1, err, sizeof err) ==
+                      0,
+                  "%s", err);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_uint_eq(st.st_uid, 65534);
+    ck_assert_uint_eq(st.st_gid, 65534);
+    fl_test_rmtree(dir);
+}
+END_TEST
+
 START_TEST(test_state_without_dp)
 {
     /* Without noise the epsilon spent is infinite: saved and read back. */
@@ -2591,6 +2614,7 @@ Suite *check_server_suite(void)
     tcase_add_test(tc, test_hello_check);
     tcase_add_test(tc, test_state_roundtrip);
     tcase_add_test(tc, test_state_without_dp);
+    tcase_add_test(tc, test_enrol_edit_keeps_dir_owner);
     tcase_add_test(tc, test_state_corruption);
     tcase_add_test(tc, test_metrics_render);
     tcase_add_test(tc, test_http_respond);
