@@ -592,8 +592,10 @@ int fl_server_engine_open(fl_server_t *s, char *err, size_t errlen)
     int rc = fl_artifact_key_load(s->cfg.signing_key, &s->signing_key);
     if (rc < 0) {
         snprintf(err, errlen, "signing key %s: %s", s->cfg.signing_key,
-                 rc == FL_EDENIED ? "readable by group or others"
-                                  : fl_strerror(rc));
+                 rc == FL_EDENIED
+                     ? "this user cannot read it, or group or others can (it "
+                       "must be mode 0600, readable by the server's user only)"
+                     : fl_strerror(rc));
         return rc;
     }
     fl_artifact_key_public(s->signing_key, s->signing_pub);
