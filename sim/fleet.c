@@ -52,6 +52,7 @@ struct device {
     int conn_open;       /* tls: the agent knows of conn */
     int want_conn;       /* tls: waits for a connection slot */
     uint64_t session;    /* tls: counts sessions (late frames check it) */
+    uint64_t down_mark;  /* bytes received up to its last round */
     int offline_rounds;  /* rounds left before rejoining */
     int drop_phase;      /* this round: 0 none, 1..4 the phase it drops at */
     int straggle;
@@ -74,6 +75,7 @@ struct fleet {
     device_t *dev;
     int ndev;
     fl_tokenizer_t *tok;
+    fl_client_model_cache_t *cache; /* one copy of each model version */
     pipe_t *dirty;
     uv_idle_t idle;
     int idle_on;
@@ -91,7 +93,7 @@ struct fleet {
     double t_last, t_start;
     round_acc_t acc[4]; /* ring of recent rounds */
     double initial_val, last_val;
-    double up_total;
+    double up_total, down_total;
     int up_rounds;
     int stopping;
     int failed;
@@ -554,9 +556,17 @@ static void on_device_event(void *ctx, const fl_client_event_t *ev)
         a->loss_sum += ev->stats.loss_before;
     }
     if (ev->status == 0) {
+        /* Down: all the device received since its last round, the model
+         * downloads included; one served from the shared cache counts as
+         * the bytes it would have taken. */
+        device_t *d = &f->dev[dc->idx];
+        uint64_t up, down;
+        fl_client_agent_bytes(d->agent, &up, &down);
+        down += fl_client_agent_bytes_cached(d->agent);
         a->survivors++;
         a->up_sum += (double)ev->bytes_up;
-        a->down_sum += (double)ev->bytes_down;
+        a->down_sum += (double)(down - d->down_mark);
+        d->down_mark = down;
     }
 }
 
@@ -624,6 +634,7 @@ static void on_poll(uv_timer_t *t)
         };
         if (a->survivors) {
             f->up_total += row.bytes_up;
+            f->down_total += row.bytes_down;
             f->up_rounds++;
         }
         f->t_last = now;
@@ -664,6 +675,23 @@ static void on_stop_signal(uv_signal_t *h, int signum)
     FL_WARN("signal %d: stopping the simulation", signum);
     f->failed = 1;
     stop_fleet(f);
+}
+
+/* The process's peak resident memory (VmHWM) in MiB, 0 when unknown. */
+static double peak_rss_mb(void)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = 0;
+    if (!fp)
+        return 0;
+    while (fgets(line, sizeof line, fp))
+        if (strncmp(line, "VmHWM:", 6) == 0) {
+            kb = strtod(line + 6, NULL);
+            break;
+        }
+    fclose(fp);
+    return kb / 1024.0;
 }
 
 /* ---- setup ---- */
@@ -945,7 +973,8 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
                  strerror(errno));
         return FL_EIO;
     }
-    if ((rc = fl_tokenizer_new_bytes(&f.tok)) < 0)
+    if ((rc = fl_tokenizer_new_bytes(&f.tok)) < 0 ||
+        (rc = fl_client_model_cache_new(&f.cache)) < 0)
         goto out;
 
     /* The corpus, split into devices and public topics. */
@@ -1042,7 +1071,8 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
                                          .seed =
                                              (uint64_t)cfg->seed + (uint64_t)i,
                                          .on_event = on_device_event,
-                                         .ctx = &dctx[i]};
+                                         .ctx = &dctx[i],
+                                         .model_cache = f.cache};
             memcpy(ao.signing_pub, f.signing_pub, 32);
             rc = fl_client_agent_new(&ao, &d->agent);
         }
@@ -1144,10 +1174,27 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
         cfg->transport ? "tls" : "inproc", "params",
         (json_int_t)fl_model_num_params(init), "noise_multiplier",
         cfg->noise_multiplier);
-    if (j)
+    if (j) {
+        /* Memory: every device shares one copy of each model version
+         * (its downloads are deduplicated in the process but counted at
+         * their size); what each keeps is its residual and its text. */
+        fl_client_model_cache_stats_t cs;
+        fl_client_model_cache_stats(f.cache, &cs);
+        size_t d = fl_model_num_params(init);
+        json_object_set_new(j, "download_bytes",
+                            json_string("deduplicated in process"));
+        json_object_set_new(
+            j, "download_bytes_per_client_round",
+            json_real(f.up_rounds ? f.down_total / f.up_rounds : 0.0));
+        json_object_set_new(j, "model_cache_hits", json_integer(cs.hits));
+        json_object_set_new(
+            j, "residual_bytes_per_device",
+            json_integer(cfg->error_feedback ? (json_int_t)(d * 4) : 0));
+        json_object_set_new(j, "peak_rss_mb", json_real(peak_rss_mb()));
         js = json_dumps(j, JSON_INDENT(2));
-    else
+    } else {
         FL_ERROR("cannot build summary.json");
+    }
     json_decref(j);
     if (js) {
         size_t n = strlen(js);
@@ -1167,9 +1214,9 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
     if (prc < 0)
         FL_WARN("no plots: %s", fl_strerror(prc));
     FL_INFO("done: %llu rounds in %.0f s, validation loss %.4f -> %.4f, "
-            "epsilon %.3f",
+            "epsilon %.3f, peak memory %.0f MiB",
             (unsigned long long)st->round, wall, f.initial_val, f.last_val,
-            st->epsilon);
+            st->epsilon, peak_rss_mb());
     rc = f.failed ? FL_EABORTED : 0;
 out:
     if (f.dev) {
@@ -1197,6 +1244,7 @@ out:
     fl_sim_partition_free(&part);
     fl_sim_corpus_free(&corpus);
     fl_tokenizer_free(f.tok);
+    fl_client_model_cache_free(f.cache); /* after the agents */
     rm_tree(f.tmp);
     return rc;
 }
