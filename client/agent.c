@@ -52,10 +52,31 @@ typedef struct {
     int active;
     uint64_t version;
     fl_artifact_manifest_t *manifest;
-    size_t file;     /* index of the file being fetched */
-    uint64_t offset; /* bytes of it on disk */
+    size_t file;         /* index of the file being fetched */
+    uint64_t offset;     /* bytes of it on disk */
+    uint64_t meta_bytes; /* manifest and signature received */
     char dir[FL_CLIENT_STORE_PATH_MAX];
 } fetch_t;
+
+/* One model version in the shared cache: loading (one agent downloads it,
+ * others wait for it) or ready (model set, used by refs agents). */
+typedef struct cache_entry {
+    struct cache_entry *next;
+    fl_client_model_cache_t *cache;
+    uint64_t version;
+    uint8_t signing_pub[FL_ARTIFACT_PUBLIC_BYTES];
+    fl_model_t *model;          /* owned; NULL while loading; read-only */
+    fl_client_agent_t *loader;  /* the agent downloading it, while loading */
+    fl_client_agent_t *waiters; /* agents waiting for it (next_waiter) */
+    uint64_t wire_bytes;        /* manifest, signature and files */
+    int refs;                   /* agents whose model this is */
+} cache_entry_t;
+
+struct fl_client_model_cache {
+    cache_entry_t *entries;
+    int freed; /* fl_client_model_cache_free was called */
+    uint64_t hits, hit_bytes;
+};
 
 struct fl_client_agent {
     fl_client_agent_opts_t o;
@@ -64,9 +85,14 @@ struct fl_client_agent {
     void *ioctx;
     int connected, hello_done;
     uint8_t nonce[32];
-    fl_model_t *model;
+    fl_model_t *model; /* owned, or the shared entry's (read-only) */
     uint64_t version;
-    float *residual; /* [residual_n] */
+    cache_entry_t *shared;          /* the cache entry model belongs to */
+    cache_entry_t *loading;         /* the entry this agent downloads */
+    cache_entry_t *waiting;         /* the entry this agent waits for */
+    fl_client_agent_t *next_waiter; /* in waiting->waiters */
+    uint64_t bytes_cached;          /* downloads served from the cache */
+    float *residual;                /* [residual_n] */
     size_t residual_n;
     round_t *round;
     fl_envelope_t *pending_invite; /* waits for the model it names */
@@ -136,6 +162,223 @@ static int path_in(const char *dir, const char *name, char *out, size_t len)
 
 /* ---- the model in use ---- */
 
+/* ---- the shared model cache ---- */
+
+int fl_client_model_cache_new(fl_client_model_cache_t **out)
+{
+    *out = fl_calloc(1, sizeof **out);
+    return *out ? 0 : FL_ENOMEM;
+}
+
+void fl_client_model_cache_free(fl_client_model_cache_t *c)
+{
+    if (!c)
+        return;
+    c->freed = 1;
+    if (!c->entries)
+        fl_free(c);
+}
+
+void fl_client_model_cache_stats(const fl_client_model_cache_t *c,
+                                 fl_client_model_cache_stats_t *out)
+{
+    memset(out, 0, sizeof *out);
+    out->hits = c->hits;
+    out->hit_bytes = c->hit_bytes;
+    for (const cache_entry_t *e = c->entries; e; e = e->next)
+        out->entries += e->model != NULL;
+}
+
+/* The entry of version for this agent's signing key, or NULL. */
+static cache_entry_t *cache_find(fl_client_agent_t *a, uint64_t version)
+{
+    fl_client_model_cache_t *c = a->o.model_cache;
+    if (!c || c->freed)
+        return NULL;
+    for (cache_entry_t *e = c->entries; e; e = e->next)
+        if (e->version == version &&
+            sodium_memcmp(e->signing_pub, a->o.signing_pub,
+                          sizeof e->signing_pub) == 0)
+            return e;
+    return NULL;
+}
+
+static cache_entry_t *cache_add(fl_client_agent_t *a, uint64_t version)
+{
+    fl_client_model_cache_t *c = a->o.model_cache;
+    if (!c || c->freed)
+        return NULL;
+    cache_entry_t *e = fl_calloc(1, sizeof *e);
+    if (!e)
+        return NULL; /* the agent downloads on its own */
+    e->cache = c;
+    e->version = version;
+    memcpy(e->signing_pub, a->o.signing_pub, sizeof e->signing_pub);
+    e->next = c->entries;
+    c->entries = e;
+    return e;
+}
+
+/* Frees an entry nobody uses, waits for or loads (and the cache after its
+ * last entry when it was freed). */
+static void cache_drop_if_unused(cache_entry_t *e)
+{
+    if (e->refs > 0 || e->loader || e->waiters)
+        return;
+    fl_client_model_cache_t *c = e->cache;
+    for (cache_entry_t **pp = &c->entries; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
+            break;
+        }
+    fl_model_free(e->model);
+    fl_free(e);
+    if (c->freed && !c->entries)
+        fl_free(c);
+}
+
+/* Lets go of the model in use, owned or shared. */
+static void model_release(fl_client_agent_t *a)
+{
+    if (a->shared) {
+        cache_entry_t *e = a->shared;
+        a->shared = NULL;
+        e->refs--;
+        cache_drop_if_unused(e);
+    } else {
+        fl_model_free(a->model);
+    }
+    a->model = NULL;
+}
+
+static void waiter_remove(fl_client_agent_t *a)
+{
+    cache_entry_t *e = a->waiting;
+    if (!e)
+        return;
+    for (fl_client_agent_t **pp = &e->waiters; *pp; pp = &(*pp)->next_waiter)
+        if (*pp == a) {
+            *pp = a->next_waiter;
+            break;
+        }
+    a->waiting = NULL;
+    a->next_waiter = NULL;
+    cache_drop_if_unused(e);
+}
+
+static int start_fetch(fl_client_agent_t *a, uint64_t version);
+static int take_pending_invite(fl_client_agent_t *a);
+static void round_end(fl_client_agent_t *a, int status, const char *what);
+
+/* The agents that waited for e, detached from it. */
+static fl_client_agent_t *waiters_take(cache_entry_t *e)
+{
+    fl_client_agent_t *w = e->waiters;
+    e->waiters = NULL;
+    for (fl_client_agent_t *x = w; x; x = x->next_waiter)
+        x->waiting = NULL;
+    return w;
+}
+
+/* The waiters' download did not happen: each starts its own (one of them
+ * becomes the loader, the others wait for it again). */
+static void waiters_retry(fl_client_agent_t *w, uint64_t version)
+{
+    while (w) {
+        fl_client_agent_t *n = w->next_waiter;
+        w->next_waiter = NULL;
+        w->fetch.active = 0;
+        if (w->connected && w->hello_done && start_fetch(w, version) < 0 &&
+            w->connected && w->io)
+            w->io->close(w->ioctx, FL_EIO);
+        w = n;
+    }
+}
+
+/* This agent stops downloading for the cache (failure, disconnection, a
+ * newer version): the agents waiting for it fetch on their own. */
+static void entry_abandon(cache_entry_t *e)
+{
+    e->loader = NULL;
+    uint64_t v = e->version;
+    fl_client_agent_t *w = waiters_take(e);
+    cache_drop_if_unused(e);
+    waiters_retry(w, v);
+}
+
+static void loader_abandon(fl_client_agent_t *a)
+{
+    cache_entry_t *e = a->loading;
+    if (!e)
+        return;
+    a->loading = NULL;
+    entry_abandon(e);
+}
+
+/* Uses the cached, ready e as this agent's model (a round in progress is
+ * ended first). FL_EAGAIN when a worker still reads the current model
+ * (then the agent downloads on its own). */
+static int cache_use(fl_client_agent_t *a, cache_entry_t *e, int hit)
+{
+    if (a->trainings > 0)
+        return FL_EAGAIN;
+    if (a->round)
+        round_end(a, FL_EABORTED, "a new model version arrived");
+    model_release(a);
+    a->model = e->model;
+    a->shared = e;
+    a->version = e->version;
+    e->refs++;
+    if (hit) { /* instead of a download */
+        a->bytes_cached += e->wire_bytes;
+        e->cache->hits++;
+        e->cache->hit_bytes += e->wire_bytes;
+    }
+    return 0;
+}
+
+static int residual_check(fl_client_agent_t *a);
+
+/* After this agent downloaded, verified and loaded its model: the model
+ * goes into the cache (e: the entry it loaded for, or NULL), or, when
+ * another agent was faster, this copy is dropped for the shared one. The
+ * waiters then use it. */
+static void cache_publish(fl_client_agent_t *a, cache_entry_t *e,
+                          uint64_t wire_bytes)
+{
+    if (!e) {
+        e = cache_find(a, a->version);
+        if (e && e->model) {
+            cache_use(a, e, 0); /* this copy was downloaded: drop it */
+            return;
+        }
+        if (e || !(e = cache_add(a, a->version)))
+            return; /* another agent loads it: keep this copy */
+    }
+    e->loader = NULL;
+    e->model = a->model;
+    e->wire_bytes = wire_bytes;
+    e->refs = 1;
+    a->shared = e;
+    fl_client_agent_t *w = waiters_take(e);
+    while (w) {
+        fl_client_agent_t *n = w->next_waiter;
+        w->next_waiter = NULL;
+        w->fetch.active = 0;
+        if (w->connected && w->hello_done) {
+            if (cache_use(w, e, 1) == 0) {
+                if (residual_check(w) == 0)
+                    event(w, FL_CLIENT_EV_MODEL, 0, w->version, 0,
+                          "model verified and in use (shared)");
+                take_pending_invite(w);
+            } else if (start_fetch(w, e->version) < 0 && w->io) {
+                w->io->close(w->ioctx, FL_EIO);
+            }
+        }
+        w = n;
+    }
+}
+
 /* Loads the store's current version; on failure rolls back once. When
  * neither version verifies and loads (e.g. the server's signing key was
  * rotated), the device starts without a model and downloads the current
@@ -156,13 +399,28 @@ static int load_current_model(fl_client_agent_t *a)
         if (rc == 0)
             rc = fl_model_load(bin, &m);
         if (rc == 0) {
-            fl_model_free(a->model);
+            model_release(a);
             a->model = m;
             a->version = v;
             return 0;
         }
         if (rc == FL_ENOMEM || fl_client_store_rollback(a->state_dir) < 0)
             return rc == FL_ENOMEM ? rc : 0;
+    }
+    return 0;
+}
+
+/* After a model change: a residual of another shape is dropped. A new one
+ * is allocated at the first round with error feedback (residual_fit), so
+ * that devices that never take part hold none (a simulated fleet has
+ * thousands of agents in one process). Returns 0. */
+static int residual_check(fl_client_agent_t *a)
+{
+    if (a->model && a->residual &&
+        a->residual_n != fl_model_num_params(a->model)) {
+        fl_free(a->residual);
+        a->residual = NULL;
+        a->residual_n = 0;
     }
     return 0;
 }
@@ -400,7 +658,7 @@ static int on_invite(fl_client_agent_t *a, fl_envelope_t *env)
         char dir[FL_CLIENT_STORE_PATH_MAX];
         if (fl_client_store_current(a->state_dir, &v, dir, sizeof dir) == 0 &&
             v == cfg->model_version && load_current_model(a) == 0) {
-            residual_fit(a);
+            residual_check(a);
             event(a, FL_CLIENT_EV_MODEL, 0, a->version, 0,
                   "model verified and in use");
         }
@@ -623,8 +881,11 @@ static int on_unmasking(fl_client_agent_t *a,
 
 /* ---- model download ---- */
 
+/* Ends the download in progress, and the agent's part in a shared one. */
 static void fetch_reset(fl_client_agent_t *a)
 {
+    loader_abandon(a);
+    waiter_remove(a);
     fl_artifact_manifest_free(a->fetch.manifest);
     memset(&a->fetch, 0, sizeof a->fetch);
 }
@@ -634,8 +895,28 @@ static int start_fetch(fl_client_agent_t *a, uint64_t version)
     if (a->fetch.active && a->fetch.version >= version)
         return 0;
     fetch_reset(a);
+    /* With a shared cache: the version in use by another agent, or wait
+     * for the agent that downloads it, or download it for everyone. */
+    cache_entry_t *ce = cache_find(a, version);
+    if (ce && ce->model && (!a->model || version > a->version) &&
+        cache_use(a, ce, 1) == 0) {
+        residual_check(a);
+        event(a, FL_CLIENT_EV_MODEL, 0, a->version, 0,
+              "model verified and in use (shared)");
+        return take_pending_invite(a);
+    }
     a->fetch.active = 1;
     a->fetch.version = version;
+    if (ce && !ce->model && ce->loader && ce->loader != a) {
+        a->waiting = ce;
+        a->next_waiter = ce->waiters;
+        ce->waiters = a;
+        return 0;
+    }
+    if (!ce && (ce = cache_add(a, version))) {
+        ce->loader = a;
+        a->loading = ce;
+    }
     Flotilla__ManifestRequest req = FLOTILLA__MANIFEST_REQUEST__INIT;
     req.version = version;
     fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
@@ -680,8 +961,16 @@ static int fetch_finish(fl_client_agent_t *a)
         event(a, FL_CLIENT_EV_MODEL_REFUSED, 0, v, rc, why);
         return take_pending_invite(a);
     }
+    /* What the download took, for agents that share it instead. */
+    uint64_t wire = a->fetch.meta_bytes;
+    for (size_t i = 0; i < a->fetch.manifest->nfiles; i++)
+        wire += a->fetch.manifest->files[i].size;
+    cache_entry_t *shared = a->loading; /* kept through fetch_reset */
+    a->loading = NULL;
     fetch_reset(a);
     if ((rc = fl_client_store_commit(a->state_dir, v)) < 0) {
+        if (shared)
+            entry_abandon(shared);
         event(a, FL_CLIENT_EV_MODEL_REFUSED, 0, v, rc, "cannot store it");
         return 0;
     }
@@ -690,18 +979,21 @@ static int fetch_finish(fl_client_agent_t *a)
     if (a->trainings > 0) {
         /* The old model is still read by a worker: load the new one at the
          * next invitation instead. */
+        if (shared)
+            entry_abandon(shared);
         return take_pending_invite(a);
     }
-    uint64_t old = a->version;
     rc = load_current_model(a);
     if (rc < 0 || a->version != v) {
+        if (shared)
+            entry_abandon(shared);
         event(a, FL_CLIENT_EV_MODEL_REFUSED, 0, v, rc < 0 ? rc : FL_EFORMAT,
               "the new version does not load; rolled back");
         return 0;
     }
-    if (residual_fit(a) < 0)
-        return FL_ENOMEM;
-    (void)old;
+    residual_check(a);
+    if (a->o.model_cache)
+        cache_publish(a, shared, wire);
     event(a, FL_CLIENT_EV_MODEL, 0, v, 0, "model verified and in use");
     return take_pending_invite(a);
 }
@@ -770,6 +1062,7 @@ static int on_manifest(fl_client_agent_t *a,
         return take_pending_invite(a);
     }
     f->version = f->manifest->version;
+    f->meta_bytes = m->manifest_json.len + m->signature.len;
     if ((rc = fl_client_store_staging(a->state_dir, f->version, dir,
                                       sizeof dir)) < 0)
         return fail(a, rc, "cannot stage the download");
@@ -1025,7 +1318,7 @@ static void agent_release(fl_client_agent_t *a)
         return;
     fl_proto_free(a->pending_invite);
     fetch_reset(a);
-    fl_model_free(a->model);
+    model_release(a);
     fl_free(a->residual);
     fl_free(a);
 }
@@ -1038,6 +1331,8 @@ void fl_client_agent_free(fl_client_agent_t *a)
     a->io = NULL;
     if (a->round)
         round_end(a, FL_EABORTED, "shutting down");
+    loader_abandon(a); /* now: other agents may not wait for this one */
+    waiter_remove(a);
     a->freeing = 1;
     agent_release(a);
 }
@@ -1061,6 +1356,8 @@ void fl_client_agent_disconnected(fl_client_agent_t *a)
         round_end(a, FL_ECLOSED, "connection lost");
     fl_proto_free(a->pending_invite);
     a->pending_invite = NULL;
+    loader_abandon(a); /* the agents waiting for it fetch on their own */
+    waiter_remove(a);
     a->fetch.active = 0; /* the staged files stay: the next one resumes */
     fl_artifact_manifest_free(a->fetch.manifest);
     a->fetch.manifest = NULL;
@@ -1091,4 +1388,9 @@ void fl_client_agent_bytes(const fl_client_agent_t *a, uint64_t *up,
 {
     *up = a->bytes_up;
     *down = a->bytes_down;
+}
+
+uint64_t fl_client_agent_bytes_cached(const fl_client_agent_t *a)
+{
+    return a->bytes_cached;
 }

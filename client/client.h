@@ -228,6 +228,34 @@ typedef struct {
     uint64_t bytes_up, bytes_down;  /* ROUND_DONE: this round's frames */
 } fl_client_event_t;
 
+/* ---- a shared model cache -------------------------------------------------
+ * Agents of one process (the simulator's virtual devices) may share the
+ * model versions they use: the first agent to verify and load version V
+ * puts it in the cache; another agent that needs V (for the same signing
+ * key) takes a reference to it instead of downloading and loading its own
+ * copy. A cached model is read-only: training clones it
+ * (fl_client_update), so one copy serves every agent and worker.
+ * Entries are refcounted by the agents using them and freed with their
+ * last user. Real daemons do not use a cache.
+ *
+ * Thread-safety: loop thread only (the agents' loop). */
+typedef struct fl_client_model_cache fl_client_model_cache_t;
+
+/* *out returned owned. */
+int fl_client_model_cache_new(fl_client_model_cache_t **out);
+/* The cache goes once its last entry is released: agents using it may be
+ * freed after it. NULL is a no-op. */
+void fl_client_model_cache_free(fl_client_model_cache_t *c);
+
+typedef struct {
+    uint64_t hits;      /* downloads served from the cache */
+    uint64_t hit_bytes; /* what those downloads would have taken */
+    size_t entries;     /* versions held now */
+} fl_client_model_cache_stats_t;
+
+void fl_client_model_cache_stats(const fl_client_model_cache_t *c,
+                                 fl_client_model_cache_stats_t *out);
+
 typedef struct {
     uv_loop_t *loop;
     const char *state_dir;             /* copied */
@@ -240,6 +268,10 @@ typedef struct {
     void (*on_event)(void *ctx, const fl_client_event_t *ev); /* may be NULL */
     void *ctx;
     size_t max_frame; /* 0 = FL_FRAME_DEFAULT_MAX */
+    /* Borrowed for the agent's life; NULL (the daemon): every version is
+     * downloaded. With a cache, a version another agent has verified and
+     * loaded is used from it, with no download and no copy on disk. */
+    fl_client_model_cache_t *model_cache;
 } fl_client_agent_opts_t;
 
 typedef struct {
@@ -280,6 +312,9 @@ fl_model_t *fl_client_agent_model(fl_client_agent_t *a, uint64_t *version);
 /* Bytes of frames sent and received over the agent's life. */
 void fl_client_agent_bytes(const fl_client_agent_t *a, uint64_t *up,
                            uint64_t *down);
+/* Bytes of the downloads served from the model cache instead (manifest,
+ * signature and files, as the download would have taken); 0 without one. */
+uint64_t fl_client_agent_bytes_cached(const fl_client_agent_t *a);
 
 /* ---- local inference socket ------------------------------------------------
  * JSON lines over a Unix stream socket. A request is one line:

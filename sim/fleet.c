@@ -1,11 +1,14 @@
 /* sim/fleet.c — a simulated fleet: the real server and virtual devices
  * running the real client agent, on one loop, joined by in-process pipes
- * that inject dropouts, stragglers and churn. */
+ * (transport inproc) or by TLS connections on loopback through net/, as
+ * the daemon connects (transport tls). Either way a fault injector on the
+ * device side drops devices at a phase, delays stragglers and churns. */
 #include "sim/sim.h"
 
 #include "client/client.h"
 #include "model/data.h"
 #include "model/tokenizer.h"
+#include "net/net.h"
 #include "server/server.h"
 
 #include <errno.h>
@@ -40,12 +43,18 @@ typedef struct pipe {
 
 struct device {
     int idx;
+    fleet_t *f;
     fl_client_agent_t *agent;
     fl_artifact_key_t *id;
     fl_data_t *data;
-    pipe_t *pipe;       /* NULL while offline */
-    int offline_rounds; /* rounds left before rejoining */
-    int drop_phase;     /* this round: 0 none, 1..4 the phase it drops at */
+    pipe_t *pipe;        /* inproc: NULL while offline */
+    fl_net_conn_t *conn; /* tls: the session, connecting or open */
+    int conn_open;       /* tls: the agent knows of conn */
+    int want_conn;       /* tls: waits for a connection slot */
+    uint64_t session;    /* tls: counts sessions (late frames check it) */
+    uint64_t down_mark;  /* bytes received up to its last round */
+    int offline_rounds;  /* rounds left before rejoining */
+    int drop_phase;      /* this round: 0 none, 1..4 the phase it drops at */
     int straggle;
     fl_rng_t rng;
 };
@@ -53,6 +62,7 @@ struct device {
 /* What the devices said about one round. */
 typedef struct {
     uint64_t round;
+    int accepted, done; /* devices that accepted it, and that reported */
     int participants, survivors;
     double loss_sum;
     double up_sum, down_sum;
@@ -65,11 +75,17 @@ struct fleet {
     device_t *dev;
     int ndev;
     fl_tokenizer_t *tok;
+    fl_client_model_cache_t *cache; /* one copy of each model version */
     pipe_t *dirty;
     uv_idle_t idle;
     int idle_on;
     uv_timer_t poll;
     uv_signal_t sigint, sigterm;
+    uv_timer_t heartbeat; /* tls: the devices' heartbeats */
+    fl_net_tls_t *tls;    /* tls: the devices' client context */
+    int port;             /* tls: the server's bound port */
+    int handshaking;      /* tls: connections not yet open */
+    double wait_since;    /* tls: waiting for the devices' reports */
     uint8_t signing_pub[32];
     char tmp[1024]; /* device state directories */
     fl_sim_results_t *res;
@@ -77,7 +93,7 @@ struct fleet {
     double t_last, t_start;
     round_acc_t acc[4]; /* ring of recent rounds */
     double initial_val, last_val;
-    double up_total;
+    double up_total, down_total;
     int up_rounds;
     int stopping;
     int failed;
@@ -144,12 +160,14 @@ static void srv_close(void *ctx)
 }
 static const fl_server_peer_ops_t srv_ops = {srv_send, srv_close};
 
-/* A frame delivered late (a straggler). */
+/* A frame delivered late (a straggler): on the pipe it was sent on, or on
+ * the TLS session it was sent in, if that is still the device's. */
 typedef struct {
     uv_timer_t t;
     fleet_t *f;
     int dev;
-    pipe_t *p;
+    pipe_t *p;        /* inproc */
+    uint64_t session; /* tls */
     size_t len;
     uint8_t data[];
 } late_t;
@@ -163,9 +181,14 @@ static void on_late(uv_timer_t *t)
 {
     late_t *l = t->data;
     device_t *d = &l->f->dev[l->dev];
-    if (d->pipe == l->p && !l->p->closing) {
-        enqueue(&l->p->to_srv, &l->p->to_srv_tail, l->data, l->len);
-        schedule(l->f, l->p);
+    if (l->p) {
+        if (d->pipe == l->p && !l->p->closing) {
+            enqueue(&l->p->to_srv, &l->p->to_srv_tail, l->data, l->len);
+            schedule(l->f, l->p);
+        }
+    } else if (d->conn && d->conn_open && d->session == l->session) {
+        if (fl_net_send(d->conn, l->data, l->len) < 0)
+            fl_net_conn_close(d->conn, FL_ECLOSED);
     }
     uv_close((uv_handle_t *)t, late_free);
 }
@@ -187,52 +210,71 @@ static int phase_of(int body)
     }
 }
 
+/* What the fault injector does with a device's frame. */
+enum { FAULT_PASS = 0, FAULT_DROP, FAULT_LATE };
+
+/* Decides one device -> server frame's fate; for FAULT_LATE the frame is
+ * already queued on a timer (p: the pipe it goes on, NULL for TLS). */
+static int fault(fleet_t *f, device_t *d, pipe_t *p, const uint8_t *b, size_t n)
+{
+    fl_envelope_t *e = NULL;
+    if (fl_proto_decode(b, n, 1u << 30, &e) < 0)
+        return FAULT_PASS;
+    int body = (int)e->body_case;
+    if (body == FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT &&
+        e->round_accept->accept) {
+        /* This round's fate: the phase it drops at, if any. */
+        acc_for(f, e->round_accept->round)->accepted++;
+        d->drop_phase = 0;
+        int last = f->cfg->secagg ? 4 : 3;
+        for (int ph = f->cfg->secagg ? 1 : 3; ph <= last; ph++)
+            if (fl_rng_uniform(&d->rng) < f->cfg->dropout) {
+                d->drop_phase = ph;
+                break;
+            }
+        d->straggle = fl_rng_uniform(&d->rng) < f->cfg->straggler;
+    }
+    int ph = phase_of(body);
+    fl_proto_free(e);
+    if (ph && ph == d->drop_phase) {
+        d->drop_phase = 0;
+        return FAULT_DROP; /* the device vanished before sending */
+    }
+    if (ph == 3 && d->straggle) {
+        d->straggle = 0;
+        late_t *l = fl_malloc(sizeof *l + n);
+        if (l) {
+            l->f = f;
+            l->dev = d->idx;
+            l->p = p;
+            l->session = d->session;
+            l->len = n;
+            memcpy(l->data, b, n);
+            uv_timer_init(f->loop, &l->t);
+            l->t.data = l;
+            uv_timer_start(&l->t, on_late, (uint64_t)f->cfg->phase_ms * 3 + 500,
+                           0);
+            return FAULT_LATE;
+        }
+    }
+    return FAULT_PASS;
+}
+
 /* device -> server, through the fault injector */
 static int dev_send(void *io, const uint8_t *b, size_t n)
 {
     pipe_t *p = io;
     fleet_t *f = p->f;
-    device_t *d = p->d;
     if (p->closing)
         return FL_ECLOSED;
-    fl_envelope_t *e = NULL;
-    if (fl_proto_decode(b, n, 1u << 30, &e) == 0) {
-        int body = (int)e->body_case;
-        if (body == FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT &&
-            e->round_accept->accept) {
-            /* This round's fate: the phase it drops at, if any. */
-            d->drop_phase = 0;
-            int last = f->cfg->secagg ? 4 : 3;
-            for (int ph = f->cfg->secagg ? 1 : 3; ph <= last; ph++)
-                if (fl_rng_uniform(&d->rng) < f->cfg->dropout) {
-                    d->drop_phase = ph;
-                    break;
-                }
-            d->straggle = fl_rng_uniform(&d->rng) < f->cfg->straggler;
-        }
-        int ph = phase_of(body);
-        fl_proto_free(e);
-        if (ph && ph == d->drop_phase) {
-            d->drop_phase = 0;
-            pipe_close(p); /* the device vanished before sending */
-            return FL_ECLOSED;
-        }
-        if (ph == 3 && d->straggle) {
-            d->straggle = 0;
-            late_t *l = fl_malloc(sizeof *l + n);
-            if (l) {
-                l->f = f;
-                l->dev = d->idx;
-                l->p = p;
-                l->len = n;
-                memcpy(l->data, b, n);
-                uv_timer_init(f->loop, &l->t);
-                l->t.data = l;
-                uv_timer_start(&l->t, on_late,
-                               (uint64_t)f->cfg->phase_ms * 3 + 500, 0);
-                return 0;
-            }
-        }
+    switch (fault(f, p->d, p, b, n)) {
+    case FAULT_DROP:
+        pipe_close(p);
+        return FL_ECLOSED;
+    case FAULT_LATE:
+        return 0;
+    default:
+        break;
     }
     int rc = enqueue(&p->to_srv, &p->to_srv_tail, b, n);
     schedule(f, p);
@@ -313,8 +355,131 @@ static void on_idle(uv_idle_t *h)
     }
 }
 
+/* ---- TLS sessions through net/, as the daemon has them ---- */
+
+/* Connections being set up at once: the rest wait for a slot, so that a
+ * large fleet does not overrun the listen backlog and handshake deadlines. */
+#define TLS_CONNECTING_MAX 64
+#define HEARTBEAT_MS       30000
+
+static int tls_send(void *io, const uint8_t *b, size_t n)
+{
+    fl_net_conn_t *c = io;
+    device_t *d = fl_net_conn_data(c);
+    switch (fault(d->f, d, NULL, b, n)) {
+    case FAULT_DROP:
+        fl_net_conn_close(c, FL_ECLOSED); /* vanished before sending */
+        return FL_ECLOSED;
+    case FAULT_LATE:
+        return 0;
+    default:
+        break;
+    }
+    int rc = fl_net_send(c, b, n);
+    return rc < 0 ? rc : 0;
+}
+
+static void tls_close(void *io, int reason)
+{
+    fl_net_conn_close(io, reason < 0 ? reason : 0);
+}
+
+static const fl_client_io_t tls_io = {tls_send, tls_close};
+
+static void tls_pump(fleet_t *f);
+
+static void tls_on_open(fl_net_conn_t *c)
+{
+    device_t *d = fl_net_conn_data(c);
+    if (d->conn != c)
+        return;
+    d->f->handshaking--;
+    d->conn_open = 1;
+    fl_client_agent_connected(d->agent, &tls_io, c);
+    tls_pump(d->f);
+}
+
+static void tls_on_frame(fl_net_conn_t *c, const uint8_t *b, size_t n)
+{
+    device_t *d = fl_net_conn_data(c);
+    if (d->conn == c && d->conn_open)
+        fl_client_agent_on_frame(d->agent, b, n);
+}
+
+static void tls_on_close(fl_net_conn_t *c, int reason)
+{
+    device_t *d = fl_net_conn_data(c);
+    (void)reason;
+    if (d->conn != c) /* a device has one session at a time */
+        return;
+    d->conn = NULL;
+    if (d->conn_open) {
+        d->conn_open = 0;
+        fl_client_agent_disconnected(d->agent);
+    } else {
+        d->f->handshaking--; /* never opened: its slot is free */
+    }
+    tls_pump(d->f);
+}
+
+/* Starts connections for the devices that want one, a few at a time. */
+static void tls_pump(fleet_t *f)
+{
+    if (f->stopping)
+        return;
+    for (int i = 0; i < f->ndev && f->handshaking < TLS_CONNECTING_MAX; i++) {
+        device_t *d = &f->dev[i];
+        if (!d->want_conn || d->conn)
+            continue;
+        d->want_conn = 0;
+        fl_net_connect_opts_t o;
+        fl_net_connect_opts_init(&o);
+        o.host = "127.0.0.1"; /* checked against the certificate's IP SAN */
+        o.port = f->port;
+        o.tls = f->tls;
+        o.limits.handshake_ms = 60000;
+        o.cb.on_open = tls_on_open;
+        o.cb.on_frame = tls_on_frame;
+        o.cb.on_close = tls_on_close;
+        o.data = d;
+        fl_net_conn_t *c = NULL;
+        if (fl_net_connect(f->loop, &o, &c) < 0 || !c)
+            continue; /* churn tries again after a round */
+        d->conn = c;
+        d->session++;
+        f->handshaking++;
+    }
+}
+
+static void on_heartbeat(uv_timer_t *t)
+{
+    fleet_t *f = t->data;
+    for (int i = 0; i < f->ndev; i++)
+        if (f->dev[i].conn_open)
+            fl_client_agent_heartbeat(f->dev[i].agent);
+}
+
+static int online(const device_t *d)
+{
+    return d->pipe || d->conn || d->want_conn;
+}
+
+static void disconnect_device(device_t *d)
+{
+    if (d->pipe)
+        pipe_close(d->pipe);
+    if (d->conn) /* gracefully: leaving is not vanishing (see fault) */
+        fl_net_conn_close(d->conn, 0);
+    d->want_conn = 0;
+}
+
 static int connect_device(fleet_t *f, device_t *d)
 {
+    if (f->cfg->transport == FL_SIM_TRANSPORT_TLS) {
+        d->want_conn = 1;
+        tls_pump(f);
+        return 0;
+    }
     pipe_t *p = fl_calloc(1, sizeof *p);
     if (!p)
         return FL_ENOMEM;
@@ -385,14 +550,23 @@ static void on_device_event(void *ctx, const fl_client_event_t *ev)
     if (ev->kind != FL_CLIENT_EV_ROUND_DONE)
         return;
     round_acc_t *a = acc_for(f, ev->round);
+    a->done++;
     if (ev->stats.num_examples > 0) {
         a->participants++;
         a->loss_sum += ev->stats.loss_before;
     }
     if (ev->status == 0) {
+        /* Down: all the device received since its last round, the model
+         * downloads included; one served from the shared cache counts as
+         * the bytes it would have taken. */
+        device_t *d = &f->dev[dc->idx];
+        uint64_t up, down;
+        fl_client_agent_bytes(d->agent, &up, &down);
+        down += fl_client_agent_bytes_cached(d->agent);
         a->survivors++;
         a->up_sum += (double)ev->bytes_up;
-        a->down_sum += (double)ev->bytes_down;
+        a->down_sum += (double)(down - d->down_mark);
+        d->down_mark = down;
     }
 }
 
@@ -403,10 +577,10 @@ static void churn(fleet_t *f)
 {
     for (int i = 0; i < f->ndev; i++) {
         device_t *d = &f->dev[i];
-        if (d->pipe) {
+        if (online(d)) {
             if (fl_rng_uniform(&d->rng) < f->cfg->churn) {
                 d->offline_rounds = 1 + (int)fl_rng_below(&d->rng, 3);
-                pipe_close(d->pipe);
+                disconnect_device(d);
             }
         } else if (d->offline_rounds > 0 && --d->offline_rounds == 0) {
             connect_device(f, d);
@@ -428,8 +602,20 @@ static void on_poll(uv_timer_t *t)
         return;
     const fl_server_state_t *st = fl_server_state(f->server);
     while (f->rows_done < st->round) {
-        uint64_t r = ++f->rows_done;
+        uint64_t r = f->rows_done + 1;
         double now = fl_time_mono_s(), val = f->last_val;
+        /* Over TLS the round's last frames may still be in the sockets:
+         * wait (a little) for every device that accepted to report. */
+        round_acc_t *w = acc_for(f, r);
+        if (f->cfg->transport == FL_SIM_TRANSPORT_TLS &&
+            w->done < w->accepted) {
+            if (f->wait_since == 0)
+                f->wait_since = now;
+            if (now - f->wait_since < 2.0)
+                return;
+        }
+        f->wait_since = 0;
+        f->rows_done = r;
         if (r == st->round)
             eval_published(f, &val);
         f->last_val = val;
@@ -448,6 +634,7 @@ static void on_poll(uv_timer_t *t)
         };
         if (a->survivors) {
             f->up_total += row.bytes_up;
+            f->down_total += row.bytes_down;
             f->up_rounds++;
         }
         f->t_last = now;
@@ -475,10 +662,11 @@ static void stop_fleet(fleet_t *f)
     uv_close((uv_handle_t *)&f->poll, NULL);
     uv_close((uv_handle_t *)&f->sigint, NULL);
     uv_close((uv_handle_t *)&f->sigterm, NULL);
+    if (f->cfg->transport == FL_SIM_TRANSPORT_TLS)
+        uv_close((uv_handle_t *)&f->heartbeat, NULL);
     fl_server_stop(f->server);
     for (int i = 0; i < f->ndev; i++)
-        if (f->dev[i].pipe)
-            pipe_close(f->dev[i].pipe);
+        disconnect_device(&f->dev[i]);
 }
 
 static void on_stop_signal(uv_signal_t *h, int signum)
@@ -487,6 +675,23 @@ static void on_stop_signal(uv_signal_t *h, int signum)
     FL_WARN("signal %d: stopping the simulation", signum);
     f->failed = 1;
     stop_fleet(f);
+}
+
+/* The process's peak resident memory (VmHWM) in MiB, 0 when unknown. */
+static double peak_rss_mb(void)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = 0;
+    if (!fp)
+        return 0;
+    while (fgets(line, sizeof line, fp))
+        if (strncmp(line, "VmHWM:", 6) == 0) {
+            kb = strtod(line + 6, NULL);
+            break;
+        }
+    fclose(fp);
+    return kb / 1024.0;
 }
 
 /* ---- setup ---- */
@@ -626,6 +831,49 @@ out:
     return rc;
 }
 
+/* A CA and a server certificate for 127.0.0.1 in <tmp>/tls, made with
+ * the openssl command as deploy/make-ca.sh makes them (ECDSA P-256). */
+static int make_tls_files(const char *tmp, char *err, size_t errlen)
+{
+    char cmd[8192];
+    if (strchr(tmp, '\'')) {
+        snprintf(err, errlen, "temporary directory %s: a quote in the path",
+                 tmp);
+        return FL_EINVAL;
+    }
+    int n = snprintf(
+        cmd, sizeof cmd,
+        "set -e; mkdir -p '%s/tls'; cd '%s/tls'; umask 077; "
+        "k() { openssl genpkey -algorithm EC -pkeyopt "
+        "ec_paramgen_curve:P-256 -out \"$1\"; }; "
+        "k ca.key; "
+        "openssl req -new -x509 -key ca.key -sha256 -days 7 "
+        "-subj '/CN=flotilla sim CA' "
+        "-addext 'basicConstraints=critical,CA:TRUE' "
+        "-addext 'keyUsage=critical,keyCertSign,cRLSign' -out ca.crt; "
+        "k server.key; "
+        "openssl req -new -key server.key -subj /CN=127.0.0.1 -out "
+        "server.csr; "
+        "printf 'basicConstraints=critical,CA:FALSE\\nkeyUsage=critical,"
+        "digitalSignature\\nextendedKeyUsage=serverAuth\\n"
+        "subjectAltName=IP:127.0.0.1\\n' > server.ext; "
+        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key "
+        "-CAcreateserial -sha256 -days 7 -extfile server.ext -out server.crt",
+        tmp, tmp);
+    if (n < 0 || (size_t)n >= sizeof cmd)
+        return FL_ETOOBIG;
+    char full[8400];
+    snprintf(full, sizeof full, "( %s ) >/dev/null 2>&1", cmd);
+    int st = system(full);
+    if (st != 0) {
+        snprintf(err, errlen,
+                 "cannot make the TLS certificates with openssl "
+                 "(is the openssl command installed?)");
+        return FL_ECRYPTO;
+    }
+    return 0;
+}
+
 #define SET(key, ...)                                                          \
     do {                                                                       \
         char v_[PATH_MAX];                                                     \
@@ -644,7 +892,16 @@ static int server_config(const fl_sim_config_t *cfg, const char *tmp, size_t d,
     static const char *const opt_names[] = {"fedavg", "fedadam", "fedyogi"};
     int64_t n = cfg->cohort;
     SET("state", "%s/server", tmp);
-    SET("transport", "tcp");
+    if (cfg->transport == FL_SIM_TRANSPORT_TLS) {
+        /* Every device holds a connection; a few at a time handshake. */
+        SET("transport", "tls");
+        SET("tls-cert", "%s/tls/server.crt", tmp);
+        SET("tls-key", "%s/tls/server.key", tmp);
+        SET("max-connections", "%lld", (long long)cfg->clients + 64);
+        SET("max-handshakes", "%d", 2 * TLS_CONNECTING_MAX);
+    } else {
+        SET("transport", "tcp"); /* the listener is not used */
+    }
     SET("listen", "127.0.0.1");
     SET("port", "0");
     SET("signing-key", "%s/sign.key", tmp);
@@ -716,7 +973,8 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
                  strerror(errno));
         return FL_EIO;
     }
-    if ((rc = fl_tokenizer_new_bytes(&f.tok)) < 0)
+    if ((rc = fl_tokenizer_new_bytes(&f.tok)) < 0 ||
+        (rc = fl_client_model_cache_new(&f.cache)) < 0)
         goto out;
 
     /* The corpus, split into devices and public topics. */
@@ -780,6 +1038,7 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
     for (int i = 0; i < f.ndev && rc == 0; i++) {
         device_t *d = &f.dev[i];
         d->idx = i;
+        d->f = &f;
         fl_rng_seed(&d->rng, (uint64_t)cfg->seed * 1000003u + (uint64_t)i);
         fl_buf_t text;
         fl_buf_init(&text, (size_t)cfg->max_mb << 20);
@@ -812,7 +1071,8 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
                                          .seed =
                                              (uint64_t)cfg->seed + (uint64_t)i,
                                          .on_event = on_device_event,
-                                         .ctx = &dctx[i]};
+                                         .ctx = &dctx[i],
+                                         .model_cache = f.cache};
             memcpy(ao.signing_pub, f.signing_pub, 32);
             rc = fl_client_agent_new(&ao, &d->agent);
         }
@@ -849,13 +1109,32 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
     fl_sim_results_add(f.res, &row0);
 
     /* The server, and every device connected. */
+    if (cfg->transport == FL_SIM_TRANSPORT_TLS) {
+        fl_net_tls_opts_t to;
+        memset(&to, 0, sizeof to);
+        snprintf(path, sizeof path, "%s/tls/ca.crt", f.tmp);
+        to.ca_file = path;
+        signal(SIGPIPE, SIG_IGN); /* net/ writes with write(2) */
+        if ((rc = make_tls_files(f.tmp, err, errlen)) < 0)
+            goto out;
+        if ((rc = fl_net_tls_client_new(&to, &f.tls)) < 0) {
+            snprintf(err, errlen, "TLS client context: %s", fl_strerror(rc));
+            goto out;
+        }
+    }
     if ((rc = server_config(cfg, f.tmp, fl_model_num_params(init), &sc, err,
                             errlen)) < 0 ||
         (rc = fl_server_new(f.loop, &sc, &f.server, err, errlen)) < 0 ||
         (rc = fl_server_start(f.server, err, errlen)) < 0)
         goto out;
+    f.port = fl_server_port(f.server);
     uv_idle_init(f.loop, &f.idle);
     f.idle.data = &f;
+    if (cfg->transport == FL_SIM_TRANSPORT_TLS) {
+        uv_timer_init(f.loop, &f.heartbeat);
+        f.heartbeat.data = &f;
+        uv_timer_start(&f.heartbeat, on_heartbeat, HEARTBEAT_MS, HEARTBEAT_MS);
+    }
     for (int i = 0; i < f.ndev; i++)
         connect_device(&f, &f.dev[i]);
     uv_timer_init(f.loop, &f.poll);
@@ -895,10 +1174,27 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
         cfg->transport ? "tls" : "inproc", "params",
         (json_int_t)fl_model_num_params(init), "noise_multiplier",
         cfg->noise_multiplier);
-    if (j)
+    if (j) {
+        /* Memory: every device shares one copy of each model version
+         * (its downloads are deduplicated in the process but counted at
+         * their size); what each keeps is its residual and its text. */
+        fl_client_model_cache_stats_t cs;
+        fl_client_model_cache_stats(f.cache, &cs);
+        size_t d = fl_model_num_params(init);
+        json_object_set_new(j, "download_bytes",
+                            json_string("deduplicated in process"));
+        json_object_set_new(
+            j, "download_bytes_per_client_round",
+            json_real(f.up_rounds ? f.down_total / f.up_rounds : 0.0));
+        json_object_set_new(j, "model_cache_hits", json_integer(cs.hits));
+        json_object_set_new(
+            j, "residual_bytes_per_device",
+            json_integer(cfg->error_feedback ? (json_int_t)(d * 4) : 0));
+        json_object_set_new(j, "peak_rss_mb", json_real(peak_rss_mb()));
         js = json_dumps(j, JSON_INDENT(2));
-    else
+    } else {
         FL_ERROR("cannot build summary.json");
+    }
     json_decref(j);
     if (js) {
         size_t n = strlen(js);
@@ -918,9 +1214,9 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
     if (prc < 0)
         FL_WARN("no plots: %s", fl_strerror(prc));
     FL_INFO("done: %llu rounds in %.0f s, validation loss %.4f -> %.4f, "
-            "epsilon %.3f",
+            "epsilon %.3f, peak memory %.0f MiB",
             (unsigned long long)st->round, wall, f.initial_val, f.last_val,
-            st->epsilon);
+            st->epsilon, peak_rss_mb());
     rc = f.failed ? FL_EABORTED : 0;
 out:
     if (f.dev) {
@@ -940,6 +1236,7 @@ out:
         if (!uv_is_closing((uv_handle_t *)&f.idle) && f.idle.loop)
             uv_close((uv_handle_t *)&f.idle, NULL);
     uv_run(f.loop, UV_RUN_DEFAULT);
+    fl_net_tls_free(f.tls);
     fl_sim_results_free(f.res);
     fl_free(f.dev);
     fl_free(dctx);
@@ -947,6 +1244,7 @@ out:
     fl_sim_partition_free(&part);
     fl_sim_corpus_free(&corpus);
     fl_tokenizer_free(f.tok);
+    fl_client_model_cache_free(f.cache); /* after the agents */
     rm_tree(f.tmp);
     return rc;
 }

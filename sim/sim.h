@@ -117,6 +117,11 @@ void fl_sim_progress(FILE *tty, int round, int rounds, double loss,
 
 /* ---- the simulated fleet
  * ------------------------------------------------------ */
+/* inproc: in-process pipes, no sockets. tls: TLS 1.3 on loopback through
+ * net/, every device connecting and verifying the server as the daemon
+ * does, with a CA and server certificate the run makes with the openssl
+ * command in its temporary directory. Either way the devices share one
+ * in-memory copy of each model version (client/client.h model cache). */
 typedef enum {
     FL_SIM_TRANSPORT_INPROC = 0,
     FL_SIM_TRANSPORT_TLS = 1

@@ -12,7 +12,7 @@ MODULES = ["common", "proto", "model", "compress", "secagg", "artifact", "net",
 # Which of our modules each module may include (itself always allowed).
 ALLOWED = {
     "cli": set(MODULES),
-    "sim": {"server", "client", "model", "compress", "common"},
+    "sim": {"server", "client", "net", "model", "compress", "common"},
     "server": {"net", "proto", "secagg", "artifact", "compress", "model", "common"},
     "client": {"net", "proto", "secagg", "artifact", "compress", "model", "common"},
     # artifact/: signed model versions (manifest, SHA-256, Ed25519). Server

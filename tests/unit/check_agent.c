@@ -183,8 +183,9 @@ static void fx_free(fx_t *f)
 }
 
 /* Hello: ServerHello in, a correctly signed ClientHello out, then
- * HelloResult announcing `version`. */
-static void do_hello(fx_t *f, uint64_t version)
+ * HelloResult announcing `version`; for agent a sending on wire w. */
+static void do_hello_on(fx_t *f, fl_client_agent_t *a, wire_t *w,
+                        uint64_t version)
 {
     uint8_t nonce[32];
     randombytes_buf(nonce, sizeof nonce);
@@ -195,8 +196,8 @@ static void do_hello(fx_t *f, uint64_t version)
     fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
     e.body_case = FLOTILLA__ENVELOPE__BODY_SERVER_HELLO;
     e.server_hello = &sh;
-    deliver(f->agent, &e);
-    fl_envelope_t *ch = take(&f->wire, FLOTILLA__ENVELOPE__BODY_CLIENT_HELLO);
+    deliver(a, &e);
+    fl_envelope_t *ch = take(w, FLOTILLA__ENVELOPE__BODY_CLIENT_HELLO);
     uint8_t pk[32], msg[17 + 32 + 32 + 4];
     fl_artifact_key_public(f->device, pk);
     ck_assert_uint_eq(ch->client_hello->identity_key.len, 32);
@@ -216,13 +217,19 @@ static void do_hello(fx_t *f, uint64_t version)
     hr.current_model_version = version;
     e.body_case = FLOTILLA__ENVELOPE__BODY_HELLO_RESULT;
     e.hello_result = &hr;
-    deliver(f->agent, &e);
+    deliver(a, &e);
+}
+
+static void do_hello(fx_t *f, uint64_t version)
+{
+    do_hello_on(f, f->agent, &f->wire, version);
 }
 
 /* Serves the manifest and every chunk the agent asks for, at most `step`
  * bytes each; `flip` >= 0 flips that byte of model.bin on the way. Stops
  * after `max_chunks` chunks (to cut a download short). */
-static void serve_download(fx_t *f, size_t step, long flip, int max_chunks)
+static void serve_download_on(fx_t *f, fl_client_agent_t *a, wire_t *w,
+                              size_t step, long flip, int max_chunks)
 {
     char cur[400], p[500];
     snprintf(cur, sizeof cur, "%s/current", f->root);
@@ -237,8 +244,7 @@ static void serve_download(fx_t *f, size_t step, long flip, int max_chunks)
     if (flip >= 0)
         bin[flip] ^= 1;
 
-    fl_envelope_t *req =
-        take(&f->wire, FLOTILLA__ENVELOPE__BODY_MANIFEST_REQUEST);
+    fl_envelope_t *req = take(w, FLOTILLA__ENVELOPE__BODY_MANIFEST_REQUEST);
     uint64_t version = req->manifest_request->version;
     fl_proto_free(req);
     Flotilla__ManifestResponse mr = FLOTILLA__MANIFEST_RESPONSE__INIT;
@@ -250,13 +256,12 @@ static void serve_download(fx_t *f, size_t step, long flip, int max_chunks)
     fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
     e.body_case = FLOTILLA__ENVELOPE__BODY_MANIFEST_RESPONSE;
     e.manifest_response = &mr;
-    deliver(f->agent, &e);
+    deliver(a, &e);
     for (int k = 0;
-         k < max_chunks && f->wire.n > 0 &&
-         f->wire.q[0]->body_case == FLOTILLA__ENVELOPE__BODY_CHUNK_REQUEST;
+         k < max_chunks && w->n > 0 &&
+         w->q[0]->body_case == FLOTILLA__ENVELOPE__BODY_CHUNK_REQUEST;
          k++) {
-        fl_envelope_t *cr =
-            take(&f->wire, FLOTILLA__ENVELOPE__BODY_CHUNK_REQUEST);
+        fl_envelope_t *cr = take(w, FLOTILLA__ENVELOPE__BODY_CHUNK_REQUEST);
         ck_assert_str_eq(cr->chunk_request->file, "model.bin");
         uint64_t off = cr->chunk_request->offset;
         size_t n = FL_MIN((size_t)cr->chunk_request->length, step);
@@ -271,11 +276,16 @@ static void serve_download(fx_t *f, size_t step, long flip, int max_chunks)
         e.body_case = FLOTILLA__ENVELOPE__BODY_CHUNK;
         e.chunk = &c;
         fl_proto_free(cr);
-        deliver(f->agent, &e);
+        deliver(a, &e);
     }
     fl_free(mj);
     fl_free(sig);
     fl_free(bin);
+}
+
+static void serve_download(fx_t *f, size_t step, long flip, int max_chunks)
+{
+    serve_download_on(f, f->agent, &f->wire, step, flip, max_chunks);
 }
 
 START_TEST(test_hello_and_download)
@@ -610,6 +620,184 @@ START_TEST(test_plain_round)
 }
 END_TEST
 
+/* ---- the shared model cache ---- */
+
+/* A RoundResult announcing version: the agent fetches it. */
+static void announce(fl_client_agent_t *a, uint64_t version)
+{
+    Flotilla__RoundResult rr = FLOTILLA__ROUND_RESULT__INIT;
+    rr.round = version - 1;
+    rr.success = 1;
+    rr.new_model_version = version;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_RESULT;
+    e.round_result = &rr;
+    deliver(a, &e);
+}
+typedef struct {
+    fl_client_agent_t *a;
+    wire_t w;
+    events_t ev;
+    char state[320];
+} peer_t;
+
+static void peer_new(fx_t *f, peer_t *p, const char *name,
+                     fl_client_model_cache_t *cache)
+{
+    memset(p, 0, sizeof *p);
+    snprintf(p->state, sizeof p->state, "%s/%s", f->dir, name);
+    fl_client_agent_opts_t o = {.loop = &f->loop,
+                                .state_dir = p->state,
+                                .identity = f->device,
+                                .data = f->data,
+                                .seed = 5,
+                                .on_event = on_event,
+                                .ctx = &p->ev,
+                                .model_cache = cache};
+    fl_artifact_key_public(f->signer, o.signing_pub);
+    ck_assert_int_eq(fl_client_agent_new(&o, &p->a), 0);
+    fl_client_agent_connected(p->a, &wire_io, &p->w);
+}
+
+static uint64_t download_size(fx_t *f)
+{
+    static const char *const names[] = {"manifest.json", "manifest.sig",
+                                        "model.bin"};
+    uint64_t n = 0;
+    for (int i = 0; i < 3; i++) {
+        char p[500];
+        uint8_t *b;
+        size_t len;
+        snprintf(p, sizeof p, "%s/current/%s", f->root, names[i]);
+        ck_assert_int_eq(fl_file_read_all(p, 1 << 26, &b, &len), 0);
+        fl_free(b);
+        n += len;
+    }
+    return n;
+}
+
+/* Agents sharing a cache: one downloads a version while the others wait
+ * (sending nothing), then all use that one verified copy; a late agent
+ * takes it at once; when the downloading agent goes away, a waiter
+ * downloads instead; the cache outlives no agent and leaks nothing. */
+START_TEST(test_model_cache)
+{
+    fx_t f;
+    fx_init(&f);
+    publish(&f, 1, 21);
+    uint64_t size1 = download_size(&f);
+    fl_client_model_cache_t *cache = NULL;
+    ck_assert_int_eq(fl_client_model_cache_new(&cache), 0);
+    peer_t a, b, c;
+    peer_new(&f, &a, "a", cache);
+    peer_new(&f, &b, "b", cache);
+
+    do_hello_on(&f, a.a, &a.w, 1);
+    ck_assert_int_eq(a.w.n, 1); /* a asks for the manifest */
+    do_hello_on(&f, b.a, &b.w, 1);
+    ck_assert_int_eq(b.w.n, 0); /* b waits for a's download */
+    serve_download_on(&f, a.a, &a.w, 1 << 20, -1, 1000);
+    uint64_t va = 0, vb = 0;
+    fl_model_t *ma = fl_client_agent_model(a.a, &va);
+    fl_model_t *mb = fl_client_agent_model(b.a, &vb);
+    ck_assert_ptr_nonnull(ma);
+    ck_assert_ptr_eq(ma, mb); /* one copy */
+    ck_assert_uint_eq(va, 1);
+    ck_assert_uint_eq(vb, 1);
+    ck_assert_int_eq(last_event(&b.ev), FL_CLIENT_EV_MODEL);
+    ck_assert_mem_eq(fl_model_params(ma), fl_model_params(f.model),
+                     fl_model_num_params(ma) * sizeof(float));
+    ck_assert_uint_eq(fl_client_agent_bytes_cached(a.a), 0);
+    ck_assert_uint_eq(fl_client_agent_bytes_cached(b.a), size1);
+
+    /* A late agent takes version 1 at once, with no request. */
+    peer_new(&f, &c, "c", cache);
+    do_hello_on(&f, c.a, &c.w, 1);
+    ck_assert_int_eq(c.w.n, 0);
+    ck_assert_ptr_eq(fl_client_agent_model(c.a, NULL), ma);
+    fl_client_model_cache_stats_t st;
+    fl_client_model_cache_stats(cache, &st);
+    ck_assert_uint_eq(st.hits, 2);
+    ck_assert_uint_eq(st.hit_bytes, 2 * size1);
+    ck_assert_uint_eq(st.entries, 1);
+
+    /* Version 2: c downloads, b waits; c's connection drops mid-way, so
+     * b asks for the manifest itself and shares its copy with c. */
+    publish(&f, 2, 22);
+    uint64_t size2 = download_size(&f);
+    announce(c.a, 2);
+    announce(b.a, 2);
+    ck_assert_int_eq(c.w.n, 1);
+    ck_assert_int_eq(b.w.n, 0);
+    fl_client_agent_disconnected(c.a);
+    drain(&c.w);
+    ck_assert_int_eq(b.w.n, 1);
+    serve_download_on(&f, b.a, &b.w, 1 << 20, -1, 1000);
+    fl_model_t *m2 = fl_client_agent_model(b.a, &vb);
+    ck_assert_uint_eq(vb, 2);
+    ck_assert_ptr_ne(m2, ma);
+    ck_assert_ptr_eq(fl_client_agent_model(a.a, NULL), ma); /* a keeps 1 */
+    fl_client_agent_connected(c.a, &wire_io, &c.w);
+    do_hello_on(&f, c.a, &c.w, 2);
+    ck_assert_int_eq(c.w.n, 0);
+    ck_assert_ptr_eq(fl_client_agent_model(c.a, NULL), m2);
+    ck_assert_uint_eq(fl_client_agent_bytes_cached(c.a), size1 + size2);
+    fl_client_model_cache_stats(cache, &st);
+    ck_assert_uint_eq(st.entries, 2);
+
+    /* The cache may go first; the entries go with their last agent. */
+    fl_client_model_cache_free(cache);
+    fl_client_agent_free(a.a);
+    fl_client_agent_free(b.a);
+    fl_client_agent_free(c.a);
+    drain(&a.w);
+    drain(&b.w);
+    drain(&c.w);
+    fx_free(&f);
+}
+END_TEST
+
+/* A training round never writes into the shared model: local training
+ * works on a clone. */
+START_TEST(test_update_reads_global_only)
+{
+    fx_t f;
+    fx_init(&f);
+    fl_model_init_weights(f.model, 7);
+    size_t d = fl_model_num_params(f.model);
+    float *before = fl_malloc(d * sizeof *before);
+    ck_assert_ptr_nonnull(before);
+    memcpy(before, fl_model_params(f.model), d * sizeof *before);
+    fl_compress_config_t cc;
+    fl_compress_config_init(&cc);
+    cc.quant_bits = 8;
+    cc.clip_norm = 4;
+    cc.max_summands = 4;
+    cc.ring_bits = fl_compress_ring_bits_min(8, 4);
+    fl_compress_t *codec = NULL;
+    ck_assert_int_eq(fl_compress_new(&codec, &cc, d), 0);
+    fl_client_train_cfg_t tc = {.local_steps = 3,
+                                .batch_size = 2,
+                                .seq_len = 16,
+                                .learning_rate = 1e-2f,
+                                .optimizer = FL_MODEL_ADAMW,
+                                .seed = 1};
+    uint32_t *ring = fl_calloc(fl_compress_value_count(codec), sizeof *ring);
+    ck_assert_ptr_nonnull(ring);
+    fl_client_update_stats_t st;
+    ck_assert_int_eq(
+        fl_client_update(f.model, f.data, &tc, codec, NULL, 9, ring, NULL, &st),
+        0);
+    ck_assert_double_gt(st.delta_norm, 0); /* the clone moved... */
+    ck_assert_mem_eq(fl_model_params(f.model), before,
+                     d * sizeof *before); /* ...the global did not */
+    fl_free(ring);
+    fl_compress_free(codec);
+    fl_free(before);
+    fx_free(&f);
+}
+END_TEST
+
 Suite *check_agent_suite(void)
 {
     Suite *s = suite_create("agent");
@@ -618,6 +806,8 @@ Suite *check_agent_suite(void)
     tcase_add_test(tc, test_foreign_signature_and_replay);
     tcase_add_test(tc, test_plain_round);
     tcase_add_test(tc, test_invite_waits_for_newer_model);
+    tcase_add_test(tc, test_model_cache);
+    tcase_add_test(tc, test_update_reads_global_only);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -321,6 +321,79 @@ START_TEST(test_fleet_run)
 }
 END_TEST
 
+/* The same kind of fleet over real TLS connections on loopback: the sim
+ * makes its CA and server certificate, the server listens with TLS, every
+ * device connects through net/ and verifies the server against the CA;
+ * devices drop at phases and churn (their connections closed). */
+START_TEST(test_fleet_tls)
+{
+    char dir[256], data[300], out[300], path[400];
+    fl_test_tmpdir(dir, sizeof dir);
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    ck_assert_int_eq(fl_mkdir_p(data, 0700), 0);
+    static const char *const topics[] = {
+        "the cat sat on the mat",        "rain falls on the plain",
+        "a stitch in time saves nine",   "birds of a feather flock",
+        "all that glitters is not gold", "the early bird gets the worm"};
+    for (int t = 0; t < 6; t++) {
+        fl_buf_t b;
+        fl_buf_init(&b, 1 << 20);
+        for (int i = 0; i < 120; i++)
+            fl_buf_printf(&b, "%s, number %d.\n%%\n", topics[t], i % 9);
+        snprintf(path, sizeof path, "%s/topic%d", data, t);
+        ck_assert_int_eq(fl_file_write_atomic(path, b.data, b.len, 0644), 0);
+        fl_buf_free(&b);
+    }
+    fl_sim_config_t c;
+    memset(&c, 0, sizeof c);
+    char err[512] = "";
+    ck_assert_int_eq(fl_cfg_defaults(&fl_sim_config_table, &c, err, sizeof err),
+                     0);
+    char opts[][2][32] = {{"transport", "tls"},     {"clients", "6"},
+                          {"cohort", "4"},          {"rounds", "3"},
+                          {"public-topics", "1"},   {"dim", "32"},
+                          {"hidden", "64"},         {"layers", "1"},
+                          {"heads", "2"},           {"seq-len", "32"},
+                          {"pretrain-steps", "20"}, {"noise-multiplier", "0"},
+                          {"graph", "complete"},    {"dropout", "0.03"},
+                          {"churn", "0.05"},        {"quiet", "true"},
+                          {"clip-norm", "4"}};
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
+        ck_assert_msg(fl_cfg_set(&fl_sim_config_table, &c, opts[i][0],
+                                 opts[i][1], err, sizeof err) == 0,
+                      "%s", err);
+    ck_assert_int_eq(
+        fl_cfg_set(&fl_sim_config_table, &c, "data", data, err, sizeof err), 0);
+    ck_assert_int_eq(
+        fl_cfg_set(&fl_sim_config_table, &c, "out", out, err, sizeof err), 0);
+    fl_log_set_level(FL_LOG_WARN);
+    int rc = fl_sim_run(&c, err, sizeof err);
+    ck_assert_msg(rc == 0, "%s", err);
+    /* A header, round 0 and three rounds with at least min-clients (3)
+     * survivors and bytes on the wire both ways. */
+    snprintf(path, sizeof path, "%s/metrics.csv", out);
+    ck_assert_int_eq(fl_test_system("test $(wc -l < '%s') -eq 5", path), 0);
+    ck_assert_int_eq(
+        fl_test_system("awk -F, 'NR>2 && ($6 < 3 || $7 <= 0 || $8 <= 0) "
+                       "{exit 1}' '%s'",
+                       path),
+        0);
+    uint8_t *js;
+    size_t len;
+    snprintf(path, sizeof path, "%s/summary.json", out);
+    ck_assert_int_eq(fl_file_read_all(path, 1 << 20, &js, &len), 0);
+    ck_assert_ptr_nonnull(strstr((char *)js, "\"transport\": \"tls\""));
+    ck_assert_ptr_nonnull(strstr((char *)js, "\"rounds\": 3"));
+    double l0 = strtod(strstr((char *)js, "\"initial_val_loss\":") + 19, NULL);
+    double l1 = strtod(strstr((char *)js, "\"final_val_loss\":") + 17, NULL);
+    ck_assert_msg(l1 < l0 - 0.05, "loss %f -> %f", l0, l1);
+    fl_free(js);
+    fl_cfg_free(&fl_sim_config_table, &c);
+    fl_test_rmtree(dir);
+}
+END_TEST
+
 Suite *check_sim_suite(void)
 {
     Suite *s = suite_create("sim");
@@ -330,6 +403,7 @@ Suite *check_sim_suite(void)
     tcase_add_test(tc, test_partition_dirichlet);
     tcase_add_test(tc, test_results_files);
     tcase_add_test(tc, test_fleet_run);
+    tcase_add_test(tc, test_fleet_tls);
     tcase_set_timeout(tc, 600);
     suite_add_tcase(s, tc);
     return s;
