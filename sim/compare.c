@@ -95,21 +95,25 @@ static int write_tables(const char *out_dir, const run_result_t *runs, int n)
 {
     fl_buf_t md, csv;
     char path[PATH_MAX];
-    int rc = 0;
+    int rc;
     fl_buf_init(&md, 1 << 20);
     fl_buf_init(&csv, 1 << 20);
-    rc |= fl_buf_printf(
-        &md, "| run | mode | final validation loss | perplexity | bytes up "
-             "per device per round | epsilon | rounds | wall time (s) |\n"
-             "|---|---|---:|---:|---:|---:|---:|---:|\n");
-    rc |= fl_buf_printf(&csv, "run,mode,initial_val_loss,final_val_loss,"
-                              "perplexity,bytes_up_per_client_round,epsilon,"
-                              "rounds,wall_s,status\n");
-    for (int i = 0; i < n && rc == 0; i++) {
+    if ((rc = fl_buf_printf(&md, "| run | mode | final validation loss | "
+                                 "perplexity | bytes up per device per round "
+                                 "| epsilon | rounds | wall time (s) |\n"
+                                 "|---|---|---:|---:|---:|---:|---:|---:|\n")) <
+            0 ||
+        (rc = fl_buf_printf(&csv, "run,mode,initial_val_loss,final_val_loss,"
+                                  "perplexity,bytes_up_per_client_round,"
+                                  "epsilon,rounds,wall_s,status\n")) < 0)
+        goto out;
+    for (int i = 0; i < n; i++) {
         const run_result_t *r = &runs[i];
         if (!r->ok) {
-            rc |= fl_buf_printf(&md, "| %s | failed | | | | | | |\n", r->name);
-            rc |= fl_buf_printf(&csv, "%s,,,,,,,,,failed\n", r->name);
+            if ((rc = fl_buf_printf(&md, "| %s | failed | | | | | | |\n",
+                                    r->name)) < 0 ||
+                (rc = fl_buf_printf(&csv, "%s,,,,,,,,,failed\n", r->name)) < 0)
+                goto out;
             continue;
         }
         char eps[32];
@@ -117,26 +121,28 @@ static int write_tables(const char *out_dir, const run_result_t *runs, int n)
             snprintf(eps, sizeof eps, "%.3g", r->epsilon);
         else
             snprintf(eps, sizeof eps, "inf");
-        rc |= fl_buf_printf(
-            &md,
-            "| %s | %s | %.4f | %.3f | %.0f | %s | "
-            "%lld | %.1f |\n",
-            r->name, r->mode, r->final, exp(r->final), r->bytes_up,
-            isfinite(r->epsilon) ? eps : "∞ (no DP)", r->rounds, r->wall);
-        rc |=
-            fl_buf_printf(&csv, "%s,%s,%.6f,%.6f,%.4f,%.0f,%s,%lld,%.3f,ok\n",
-                          r->name, r->mode, r->initial, r->final, exp(r->final),
-                          r->bytes_up, eps, r->rounds, r->wall);
+        if ((rc = fl_buf_printf(&md,
+                                "| %s | %s | %.4f | %.3f | %.0f | %s | %lld | "
+                                "%.1f |\n",
+                                r->name, r->mode, r->final, exp(r->final),
+                                r->bytes_up,
+                                isfinite(r->epsilon) ? eps : "∞ (no DP)",
+                                r->rounds, r->wall)) < 0 ||
+            (rc = fl_buf_printf(
+                 &csv, "%s,%s,%.6f,%.6f,%.4f,%.0f,%s,%lld,%.3f,ok\n", r->name,
+                 r->mode, r->initial, r->final, exp(r->final), r->bytes_up, eps,
+                 r->rounds, r->wall)) < 0)
+            goto out;
     }
-    if (rc == 0 &&
-        (rc = fl_path_join(path, sizeof path, out_dir, "comparison.md")) == 0)
-        rc = fl_file_write_atomic(path, md.data, md.len, 0644);
-    if (rc == 0 &&
-        (rc = fl_path_join(path, sizeof path, out_dir, "comparison.csv")) == 0)
-        rc = fl_file_write_atomic(path, csv.data, csv.len, 0644);
+    if ((rc = fl_path_join(path, sizeof path, out_dir, "comparison.md")) < 0 ||
+        (rc = fl_file_write_atomic(path, md.data, md.len, 0644)) < 0 ||
+        (rc = fl_path_join(path, sizeof path, out_dir, "comparison.csv")) < 0 ||
+        (rc = fl_file_write_atomic(path, csv.data, csv.len, 0644)) < 0)
+        goto out;
+out:
     fl_buf_free(&md);
     fl_buf_free(&csv);
-    return rc < 0 ? rc : 0;
+    return rc;
 }
 
 int fl_sim_compare(const char *out_dir, const char *const *ini_paths,
