@@ -12,7 +12,7 @@
 typedef struct {
     char name[128];
     char out[PATH_MAX];
-    int ok;
+    int ran, ok;
     const char *mode;
     double initial, final, bytes_up, epsilon, wall;
     long long rounds;
@@ -110,9 +110,10 @@ static int write_tables(const char *out_dir, const run_result_t *runs, int n)
     for (int i = 0; i < n; i++) {
         const run_result_t *r = &runs[i];
         if (!r->ok) {
-            if ((rc = fl_buf_printf(&md, "| %s | failed | | | | | | |\n",
-                                    r->name)) < 0 ||
-                (rc = fl_buf_printf(&csv, "%s,,,,,,,,,failed\n", r->name)) < 0)
+            const char *st = r->ran ? "failed" : "not run";
+            if ((rc = fl_buf_printf(&md, "| %s | %s | | | | | | |\n", r->name,
+                                    st)) < 0 ||
+                (rc = fl_buf_printf(&csv, "%s,,,,,,,,,%s\n", r->name, st)) < 0)
                 goto out;
             continue;
         }
@@ -224,6 +225,7 @@ int fl_sim_compare(const char *out_dir, const char *const *ini_paths,
         char why[512] = "";
         FL_INFO("comparison: run %d/%d, %s", i + 1, n_runs, runs[i].name);
         int r = fl_sim_run(&cfgs[i], why, sizeof why);
+        runs[i].ran = 1;
         if (r == 0)
             read_summary(&runs[i]);
         if (!runs[i].ok) {
@@ -234,6 +236,8 @@ int fl_sim_compare(const char *out_dir, const char *const *ini_paths,
                 snprintf(err, errlen, "run %s: %s", runs[i].name,
                          why[0] ? why : fl_strerror(first_fail));
             }
+            if (r == FL_EABORTED) /* a signal: stop the whole comparison */
+                break;
             continue;
         }
         if (fl_path_join(path, sizeof path, runs[i].out, "metrics.csv") < 0)

@@ -192,8 +192,9 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen);
  * name without ".ini". Every run must have the same seed and data. Then
  * writes out_dir/comparison.md (a markdown table), out_dir/comparison.csv
  * and the plots (one line per run). A run that fails is listed as failed
- * and the others still run; the first failure is returned. All arguments
- * are borrowed. */
+ * and the others still run, except after a signal (SIGINT, SIGTERM), which
+ * stops the comparison; the first failure is returned. All arguments are
+ * borrowed. */
 int fl_sim_compare(const char *out_dir, const char *const *ini_paths,
                    int n_runs, int flag_argc, char *const *flag_argv, char *err,
                    size_t errlen);

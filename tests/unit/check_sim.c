@@ -345,20 +345,24 @@ static void write_tiny_corpus(const char *data)
 /* --compare: a centralized baseline (named by its file) and a federated
  * run (named by its `name` key) on the same data and seed; the flags apply
  * to both. Both are in comparison.md/csv, start from the same model (the
- * same initial loss) and learn; one set of plots has both. */
+ * same initial loss) and learn; one set of plots has both. A third run that
+ * fails (fp32 with secure aggregation on, which the server refuses) is
+ * listed as failed, does not stop the others, and its error is returned. */
 START_TEST(test_compare_runs)
 {
-    char dir[256], data[300], out[300], a[300], b[300], path[400];
+    char dir[256], data[300], out[300], a[300], b[300], c[300], path[400];
     fl_test_tmpdir(dir, sizeof dir);
     snprintf(data, sizeof data, "%s/data", dir);
     snprintf(out, sizeof out, "%s/out", dir);
     snprintf(a, sizeof a, "%s/central.ini", dir);
     snprintf(b, sizeof b, "%s/fed.ini", dir);
+    snprintf(c, sizeof c, "%s/too-big.ini", dir);
     write_tiny_corpus(data);
     const char *ini_a = "# the baseline\nmode = centralized\n";
     const char *ini_b = "[sim]\nname = fedavg-8bit\nsecagg = false\n";
     ck_assert_int_eq(fl_file_write_atomic(a, ini_a, strlen(ini_a), 0644), 0);
     ck_assert_int_eq(fl_file_write_atomic(b, ini_b, strlen(ini_b), 0644), 0);
+    ck_assert_int_eq(fl_file_write_atomic(c, "quant-bits = 0\n", 15, 0644), 0);
     char data_flag[320];
     snprintf(data_flag, sizeof data_flag, "--data=%s", data);
     char *flags[] = {
@@ -368,12 +372,14 @@ START_TEST(test_compare_runs)
         "--seq-len=32", "--pretrain-steps=20", "--noise-multiplier=0",
         "--dropout=0",  "--churn=0",           "--clip-norm=4",
         "--quiet"};
-    const char *inis[2] = {a, b};
+    const char *inis[3] = {a, c, b};
     char err[512] = "";
-    fl_log_set_level(FL_LOG_WARN);
-    int rc = fl_sim_compare(out, inis, 2, (int)FL_ARRAY_LEN(flags), flags, err,
+    fl_log_set_level(FL_LOG_OFF); /* the failed run's error is expected */
+    int rc = fl_sim_compare(out, inis, 3, (int)FL_ARRAY_LEN(flags), flags, err,
                             sizeof err);
-    ck_assert_msg(rc == 0, "%s", err);
+    fl_log_set_level(FL_LOG_WARN);
+    ck_assert_msg(rc < 0 && strstr(err, "too-big") && strstr(err, "quant-bits"),
+                  "%d %s", rc, err);
 
     /* Each run in its own directory: round 0 and two rounds. */
     static const char *const runs[] = {"central", "fedavg-8bit"};
@@ -388,21 +394,24 @@ START_TEST(test_compare_runs)
     ck_assert_int_eq(
         fl_test_system("grep -q '^| central | centralized |' '%s'"
                        " && grep -q '^| fedavg-8bit | federated "
-                       "|' '%s' && test $(grep -c '^|' '%s') -eq 4",
-                       path, path, path),
+                       "|' '%s' && grep -q '^| too-big | failed |' '%s' "
+                       "&& test $(grep -c '^|' '%s') -eq 5",
+                       path, path, path, path),
         0);
     /* comparison.csv: one row per run; the same initial loss (one
      * pre-trained model), every final loss below it, bytes only for the
      * federated run, two rounds each. */
     snprintf(path, sizeof path, "%s/comparison.csv", out);
-    ck_assert_int_eq(fl_test_system("test $(wc -l < '%s') -eq 3", path), 0);
+    ck_assert_int_eq(fl_test_system("test $(wc -l < '%s') -eq 4", path), 0);
     ck_assert_int_eq(
-        fl_test_system("awk -F, 'NR==2 && ($1 != \"central\" || $6 != 0) "
-                       "{exit 1} NR==3 && ($1 != \"fedavg-8bit\" || $6 <= "
-                       "0) {exit 1} NR>1 && ($10 != \"ok\" || $8 != 2 || "
-                       "$4 >= $3) {exit 1} NR==2 {i=$3} NR==3 && $3 != i "
-                       "{exit 1}' '%s'",
-                       path),
+        fl_test_system(
+            "awk -F, 'NR==2 && ($1 != \"central\" || $6 != 0) "
+            "{exit 1} NR==3 && $0 != \"too-big,,,,,,,,,failed\" "
+            "{exit 1} NR==4 && ($1 != \"fedavg-8bit\" || $6 <= "
+            "0) {exit 1} (NR==2 || NR==4) && ($10 != \"ok\" || $8 != 2 || "
+            "$4 >= $3) {exit 1} NR==2 {i=$3} NR==4 && $3 != i "
+            "{exit 1}' '%s'",
+            path),
         0);
     if (access("/usr/bin/gnuplot", X_OK) == 0) {
         const char *pngs[] = {"val_loss.png", "bytes.png", "epsilon.png"};
