@@ -48,8 +48,8 @@ static const fl_cfg_opt_t sim_opts[] = {
     OPT("secagg", FL_CFG_BOOL, secagg, "true", 1, 0, "secure aggregation"),
     ENUM("graph", graph, "harary", "complete|harary",
          "secure-aggregation neighbour graph"),
-    OPT("quant-bits", FL_CFG_INT, quant_bits, "8", 1, 16,
-        "bits per transmitted value"),
+    OPT("quant-bits", FL_CFG_INT, quant_bits, "8", 0, 16,
+        "bits per transmitted value (0 = fp32, secagg off only)"),
     OPT("rotate", FL_CFG_BOOL, rotate, "false", 1, 0,
         "randomized Hadamard rotation before quantizing"),
     OPT("error-feedback", FL_CFG_BOOL, error_feedback, "true", 1, 0,
@@ -84,6 +84,8 @@ static const fl_cfg_opt_t sim_opts[] = {
     OPT("eval-windows", FL_CFG_INT, eval_windows, "4", 1, 100000,
         "validation windows per device for the global loss"),
     OPT("quiet", FL_CFG_BOOL, quiet, "false", 1, 0, "no progress line"),
+    ENUM("mode", mode, "federated", "federated|centralized",
+         "the fleet, or the centralized baseline on the union of its text"),
 };
 
 const fl_cfg_table_t fl_sim_config_table = {

@@ -4,6 +4,7 @@
  * the daemon connects (transport tls). Either way a fault injector on the
  * device side drops devices at a phase, delays stragglers and churns. */
 #include "sim/sim.h"
+#include "sim/sim_internal.h"
 
 #include "client/client.h"
 #include "model/data.h"
@@ -957,6 +958,8 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
     memset(&part, 0, sizeof part);
     memset(&sc, 0, sizeof sc);
     fl_sim_corpus_init(&corpus, 0);
+    if (cfg->mode == FL_SIM_MODE_CENTRALIZED)
+        return fl_sim__central_run(cfg, err, errlen);
     f.cfg = cfg;
     f.loop = uv_default_loop();
     f.t_start = fl_time_mono_s();
@@ -1247,4 +1250,25 @@ out:
     fl_client_model_cache_free(f.cache); /* after the agents */
     rm_tree(f.tmp);
     return rc;
+}
+
+/* ---- shared with sim/central.c (sim/sim_internal.h) ---- */
+
+int fl_sim__load_corpus(const fl_sim_config_t *cfg, fl_sim_corpus_t *c,
+                        char *err, size_t errlen)
+{
+    return load_corpus(cfg, c, err, errlen);
+}
+
+int fl_sim__records_text(const fl_sim_corpus_t *c, const size_t *idx, size_t n,
+                         fl_buf_t *out)
+{
+    return records_text(c, idx, n, out);
+}
+
+int fl_sim__pretrain(const fl_sim_config_t *cfg, fl_tokenizer_t *tok,
+                     const fl_buf_t *public_text, const char *path,
+                     fl_model_t **out_model)
+{
+    return pretrain(cfg, tok, public_text, path, out_model);
 }

@@ -127,6 +127,11 @@ typedef enum {
     FL_SIM_TRANSPORT_TLS = 1
 } fl_sim_transport_t;
 
+typedef enum {
+    FL_SIM_MODE_FEDERATED = 0,   /* the real server and agents */
+    FL_SIM_MODE_CENTRALIZED = 1, /* the baseline: one trainer, all the text */
+} fl_sim_mode_t;
+
 /* Every option of `flotilla sim` (one table: INI and flags). Strings are
  * owned (fl_cfg_free with fl_sim_config_table). */
 typedef struct {
@@ -169,12 +174,34 @@ typedef struct {
     int64_t phase_ms;     /* deadline of each phase */
     int64_t eval_windows; /* per client, for the global validation loss */
     int quiet;
+    int mode; /* fl_sim_mode_t */
 } fl_sim_config_t;
 
 extern const fl_cfg_table_t fl_sim_config_table;
 
 /* Runs one simulation into cfg->out: metrics.csv, summary.json, plots.
+ * mode = centralized runs the baseline instead (sim/central.c): the same
+ * pre-trained model trained by one trainer on the union of the devices'
+ * training text for rounds x cohort x local-steps optimizer steps, with a
+ * metrics.csv row every cohort x local-steps steps.
  * Logs progress. err gets a sentence on failure. */
 int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen);
+
+/* ---- comparisons ----------------------------------------------------------
+ */
+/* `flotilla sim --compare`: runs n_runs configurations one after another
+ * into out_dir/<name>/, where run i's options are the defaults, then the
+ * INI file ini_paths[i], then the flags flag_argv[0 .. flag_argc) (the
+ * command line's, in `flotilla sim` form, e.g. "--rounds", "5"; they apply
+ * to every run). A run's name is its file's `name` key, or the file's base
+ * name without ".ini". Every run must have the same seed and data. Then
+ * writes out_dir/comparison.md (a markdown table), out_dir/comparison.csv
+ * and the plots (one line per run). A run that fails is listed as failed
+ * and the others still run, except after a signal (SIGINT, SIGTERM), which
+ * stops the comparison; the first failure is returned. All arguments are
+ * borrowed. */
+int fl_sim_compare(const char *out_dir, const char *const *ini_paths,
+                   int n_runs, int flag_argc, char *const *flag_argv, char *err,
+                   size_t errlen);
 
 #endif

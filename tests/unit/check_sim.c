@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void make_corpus(fl_sim_corpus_t *c, int topics, int per_topic)
 {
@@ -321,6 +322,133 @@ START_TEST(test_fleet_run)
 }
 END_TEST
 
+/* Generated topics for the fleet tests: six short proverbs, repeated. */
+static void write_tiny_corpus(const char *data)
+{
+    static const char *const topics[] = {
+        "the cat sat on the mat",        "rain falls on the plain",
+        "a stitch in time saves nine",   "birds of a feather flock",
+        "all that glitters is not gold", "the early bird gets the worm"};
+    char path[400];
+    ck_assert_int_eq(fl_mkdir_p(data, 0700), 0);
+    for (int t = 0; t < 6; t++) {
+        fl_buf_t b;
+        fl_buf_init(&b, 1 << 20);
+        for (int i = 0; i < 120; i++)
+            fl_buf_printf(&b, "%s, number %d.\n%%\n", topics[t], i % 9);
+        snprintf(path, sizeof path, "%s/topic%d", data, t);
+        ck_assert_int_eq(fl_file_write_atomic(path, b.data, b.len, 0644), 0);
+        fl_buf_free(&b);
+    }
+}
+
+/* --compare: a centralized baseline (named by its file) and a federated
+ * run (named by its `name` key) on the same data and seed; the flags apply
+ * to both. Both are in comparison.md/csv, start from the same model (the
+ * same initial loss) and learn; one set of plots has both. A third run that
+ * fails (fp32 with secure aggregation on, which the server refuses) is
+ * listed as failed, does not stop the others, and its error is returned. */
+START_TEST(test_compare_runs)
+{
+    char dir[256], data[300], out[300], a[300], b[300], c[300], path[400];
+    fl_test_tmpdir(dir, sizeof dir);
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(a, sizeof a, "%s/central.ini", dir);
+    snprintf(b, sizeof b, "%s/fed.ini", dir);
+    snprintf(c, sizeof c, "%s/too-big.ini", dir);
+    write_tiny_corpus(data);
+    const char *ini_a = "# the baseline\nmode = centralized\n";
+    const char *ini_b = "[sim]\nname = fedavg-8bit\nsecagg = false\n";
+    ck_assert_int_eq(fl_file_write_atomic(a, ini_a, strlen(ini_a), 0644), 0);
+    ck_assert_int_eq(fl_file_write_atomic(b, ini_b, strlen(ini_b), 0644), 0);
+    ck_assert_int_eq(fl_file_write_atomic(c, "quant-bits = 0\n", 15, 0644), 0);
+    char data_flag[320];
+    snprintf(data_flag, sizeof data_flag, "--data=%s", data);
+    char *flags[] = {
+        data_flag,      "--clients=6",         "--cohort=4",
+        "--rounds=2",   "--public-topics=1",   "--dim=32",
+        "--hidden=64",  "--layers=1",          "--heads=2",
+        "--seq-len=32", "--pretrain-steps=20", "--noise-multiplier=0",
+        "--dropout=0",  "--churn=0",           "--clip-norm=4",
+        "--quiet"};
+    const char *inis[3] = {a, c, b};
+    char err[512] = "";
+    fl_log_set_level(FL_LOG_OFF); /* the failed run's error is expected */
+    int rc = fl_sim_compare(out, inis, 3, (int)FL_ARRAY_LEN(flags), flags, err,
+                            sizeof err);
+    fl_log_set_level(FL_LOG_WARN);
+    ck_assert_msg(rc < 0 && strstr(err, "too-big") && strstr(err, "quant-bits"),
+                  "%d %s", rc, err);
+
+    /* Each run in its own directory: round 0 and two rounds. */
+    static const char *const runs[] = {"central", "fedavg-8bit"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s/metrics.csv", out, runs[i]);
+        ck_assert_int_eq(fl_test_system("test $(wc -l < '%s') -eq 4", path), 0);
+        snprintf(path, sizeof path, "%s/%s/summary.json", out, runs[i]);
+        ck_assert_int_eq(fl_test_system("grep -q final_val_loss '%s'", path),
+                         0);
+    }
+    snprintf(path, sizeof path, "%s/comparison.md", out);
+    ck_assert_int_eq(
+        fl_test_system("grep -q '^| central | centralized |' '%s'"
+                       " && grep -q '^| fedavg-8bit | federated "
+                       "|' '%s' && grep -q '^| too-big | failed |' '%s' "
+                       "&& test $(grep -c '^|' '%s') -eq 5",
+                       path, path, path, path),
+        0);
+    /* comparison.csv: one row per run; the same initial loss (one
+     * pre-trained model), every final loss below it, bytes only for the
+     * federated run, two rounds each. */
+    snprintf(path, sizeof path, "%s/comparison.csv", out);
+    ck_assert_int_eq(fl_test_system("test $(wc -l < '%s') -eq 4", path), 0);
+    ck_assert_int_eq(
+        fl_test_system(
+            "awk -F, 'NR==2 && ($1 != \"central\" || $6 != 0) "
+            "{exit 1} NR==3 && $0 != \"too-big,,,,,,,,,failed\" "
+            "{exit 1} NR==4 && ($1 != \"fedavg-8bit\" || $6 <= "
+            "0) {exit 1} (NR==2 || NR==4) && ($10 != \"ok\" || $8 != 2 || "
+            "$4 >= $3) {exit 1} NR==2 {i=$3} NR==4 && $3 != i "
+            "{exit 1}' '%s'",
+            path),
+        0);
+    if (access("/usr/bin/gnuplot", X_OK) == 0) {
+        const char *pngs[] = {"val_loss.png", "bytes.png", "epsilon.png"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(path, sizeof path, "%s/%s", out, pngs[i]);
+            ck_assert_int_eq(
+                fl_test_system(
+                    "head -c 4 '%s' | od -An -tx1 | grep -q '89 50 4e 47'",
+                    path),
+                0);
+        }
+        /* one line per run */
+        snprintf(path, sizeof path, "%s/plots.gnuplot", out);
+        ck_assert_int_eq(
+            fl_test_system("grep val_loss.png -A2 '%s' | grep -q "
+                           "\"title 'central'.*title 'fedavg-8bit'\"",
+                           path),
+            0);
+    }
+
+    /* Runs must share the seed and the data; names must be distinct. */
+    const char *ini_c = "seed = 7\n";
+    snprintf(path, sizeof path, "%s/other-seed.ini", dir);
+    ck_assert_int_eq(fl_file_write_atomic(path, ini_c, strlen(ini_c), 0644), 0);
+    const char *bad[2] = {a, path};
+    ck_assert_int_eq(fl_sim_compare(out, bad, 2, (int)FL_ARRAY_LEN(flags),
+                                    flags, err, sizeof err),
+                     FL_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "seed"));
+    const char *twice[2] = {a, a};
+    ck_assert_int_eq(fl_sim_compare(out, twice, 2, (int)FL_ARRAY_LEN(flags),
+                                    flags, err, sizeof err),
+                     FL_EINVAL);
+    fl_test_rmtree(dir);
+}
+END_TEST
+
 /* The same kind of fleet over real TLS connections on loopback: the sim
  * makes its CA and server certificate, the server listens with TLS, every
  * device connects through net/ and verifies the server against the CA;
@@ -404,6 +532,7 @@ Suite *check_sim_suite(void)
     tcase_add_test(tc, test_results_files);
     tcase_add_test(tc, test_fleet_run);
     tcase_add_test(tc, test_fleet_tls);
+    tcase_add_test(tc, test_compare_runs);
     tcase_set_timeout(tc, 600);
     suite_add_tcase(s, tc);
     return s;
