@@ -5,6 +5,8 @@
 #include "sim/sim.h"
 
 #include <string.h>
+#include <unistd.h>
+#include <stdlib.h>
 
 #define SIM_USAGE                                                              \
     "sim [--config FILE] [options]\n"                                          \
@@ -69,6 +71,14 @@ int fl_cmd_sim(int argc, char **argv)
     if (rc >= 0)
         return rc;
     fl_log_set_role("sim");
+    /* The virtual devices train on libuv's thread pool: one worker per
+     * core, set before the pool starts (an explicit setting wins). */
+    if (!getenv("UV_THREADPOOL_SIZE")) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        char n[16];
+        snprintf(n, sizeof n, "%ld", cores > 0 ? cores : 1);
+        setenv("UV_THREADPOOL_SIZE", n, 0);
+    }
     if (compare) {
         rc = run_compare(&c, argc, argv, rest);
         fl_cfg_free(&fl_sim_config_table, &c);
