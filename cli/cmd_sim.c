@@ -75,7 +75,7 @@ int fl_cmd_sim(int argc, char **argv)
      * core, set before the pool starts (an explicit setting wins). */
     if (!getenv("UV_THREADPOOL_SIZE")) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        char n[16];
+        char n[24];
         snprintf(n, sizeof n, "%ld", cores > 0 ? cores : 1);
         setenv("UV_THREADPOOL_SIZE", n, 0);
     }
