@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
@@ -40,13 +41,14 @@
 #include <unistd.h>
 
 #define NCL          4 /* client daemons; client NCL-1 goes through the proxy */
-#define SERVER_KILLS 20 /* phase 1 */
-#define CLIENT_KILLS 12 /* phase 2 */
+#define SERVER_KILLS 30 /* phase 1 */
+#define CLIENT_KILLS 20 /* phase 2 */
 #define IDLE_CONNS   1000
 #define LORIS_CONNS  40
+#define TLS_IDLE     200         /* idle after a complete TLS handshake */
 #define RSS_BOUND_KB (96 * 1024) /* growth allowed under the phase-4 attack */
 
-/* ---- state of the run ---------------------------------------------------- */
+/* ---- state of the run ---- */
 static char g_bin[1024], g_src[1024], g_base[256];
 static char g_slog[512], g_sini[512], g_sdir[512];
 static int g_port, g_proxy_port, g_mport;
@@ -134,6 +136,7 @@ static void stop_all(void)
 
 static int run_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int write_all(int fd, const uint8_t *p, size_t n);
+static void verify_versions(void);
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail(const char *fmt, ...)
@@ -258,8 +261,7 @@ static long rss_kb(pid_t pid, const char *field)
     return kb;
 }
 
-/* ---- setup ----------------------------------------------------------------
- */
+/* ---- setup ---- */
 static void write_file(const char *path, const char *text)
 {
     CHECK(fl_file_write_atomic(path, text, strlen(text), 0600) == 0,
@@ -385,8 +387,7 @@ static void setup(void)
     }
 }
 
-/* ---- checks ---------------------------------------------------------------
- */
+/* ---- checks ---- */
 /* The server's state: it must load whenever it exists. Returns the last
  * completed round (0 before the first). */
 static uint64_t server_round(void)
@@ -410,6 +411,7 @@ static int wait_round(uint64_t want, int seconds)
         uint64_t r = server_round();
         if (r > g_rounds_seen)
             g_rounds_seen = r;
+        verify_versions(); /* each version while it is kept */
         if (r >= want)
             return 0;
         CHECK(alive(g_srv), "the server died (round %llu)",
@@ -521,8 +523,7 @@ static unsigned device_rounds_after(int i, uint64_t after)
     return ok;
 }
 
-/* ---- phase 1: SIGKILL the server ------------------------------------------
- */
+/* ---- phase 1: SIGKILL the server ---- */
 static void phase_server_kills(void)
 {
     say("phase 1: SIGKILL the server at random moments, %d times",
@@ -530,12 +531,17 @@ static void phase_server_kills(void)
     uint64_t start = server_round();
     for (int k = 0; k < SERVER_KILLS; k++) {
         uint64_t before = server_round();
-        /* Resumed: a round after the restart completes. */
-        CHECK(wait_round(before + 1, 120) == 0,
-              "kill %d: no round completed after the restart (at %llu)", k,
-              (unsigned long long)before);
-        /* A random moment: anywhere in the next round(s). */
-        msleep((unsigned)rnd_below(3000));
+        if (k % 4 == 3) {
+            /* While it starts: opening the state, adopting a version. */
+            msleep((unsigned)rnd_below(400));
+        } else {
+            /* Resumed: a round after the restart completes. */
+            CHECK(wait_round(before + 1, 120) == 0,
+                  "kill %d: no round completed after the restart (at %llu)", k,
+                  (unsigned long long)before);
+            /* A random moment: anywhere in the next round(s). */
+            msleep((unsigned)rnd_below(3000));
+        }
         uint64_t at = server_round();
         CHECK(kill(g_srv, SIGKILL) == 0, "kill: %s", strerror(errno));
         CHECK(wait_exit(g_srv, 20) == -1, "the server did not die");
@@ -596,8 +602,7 @@ static int read_dropouts(uint64_t drop[NPHASES])
     return strstr(resp, "flotilla_dropouts_total") ? 0 : -1;
 }
 
-/* ---- phase 2: SIGKILL clients ----------------------------------------------
- */
+/* ---- phase 2: SIGKILL clients ---- */
 static void phase_client_kills(void)
 {
     say("phase 2: SIGKILL client daemons at random moments, %d times",
@@ -646,8 +651,7 @@ static void phase_client_kills(void)
         g_client_kills);
 }
 
-/* ---- phase 3: the faulty proxy ----------------------------------------------
- */
+/* ---- phase 3: the faulty proxy ---- */
 enum { PX_CORRUPT, PX_DUP, PX_TRUNC, PX_DELAY, PX_CLEAN, PX_MODES };
 
 static int write_all(int fd, const uint8_t *p, size_t n)
@@ -823,8 +827,8 @@ static void phase_proxy(void)
         uint64_t r = server_round();
         if (r > g_rounds_seen)
             g_rounds_seen = r;
-        if (g_px->corrupt_conns >= 3 && g_px->dup_conns >= 2 &&
-            g_px->trunc_conns >= 2 && r >= start + 4)
+        if (g_px->corrupt_conns >= 6 && g_px->dup_conns >= 3 &&
+            g_px->trunc_conns >= 3 && r >= start + 4)
             break;
     }
     CHECK(wait_round(start + 4, 60) == 0,
@@ -868,12 +872,47 @@ static void phase_proxy(void)
     verify_versions();
 }
 
-/* ---- phase 4: slow loris and idle connections -------------------------------
- */
+/* ---- phase 4: slow loris and idle connections ---- */
+/* 1 when the peer closed fd (what it sent before is drained). */
+static int peer_closed(int fd)
+{
+    char buf[4096];
+    for (int i = 0; i < 64; i++) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0)
+            continue;
+        if (n == 0)
+            return 1;
+        return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+    }
+    return 0;
+}
+
+/* A connection that completes the TLS handshake and then says nothing. */
+static int tls_idle_open(SSL_CTX *ctx, SSL **out)
+{
+    int fd = connect_port(g_port, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1 ||
+        SSL_set_tlsext_host_name(ssl, "localhost") != 1 ||
+        SSL_connect(ssl) != 1) {
+        SSL_free(ssl);
+        close(fd);
+        return -1;
+    }
+    *out = ssl;
+    return fd;
+}
+
 static void phase_idle(void)
 {
-    say("phase 4: %d slow-loris and %d idle connections", LORIS_CONNS,
-        IDLE_CONNS);
+    say("phase 4: %d slow-loris, %d idle TCP and %d idle TLS connections",
+        LORIS_CONNS, IDLE_CONNS, TLS_IDLE);
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 4096 &&
         rl.rlim_max > rl.rlim_cur) {
@@ -882,8 +921,18 @@ static void phase_idle(void)
     }
     long rss0 = rss_kb(g_srv, "VmRSS:");
     uint64_t start = server_round();
-    static int idle[IDLE_CONNS], loris[LORIS_CONNS];
-    int nidle = 0, nloris = 0;
+    static int idle[IDLE_CONNS], loris[LORIS_CONNS], tfd[TLS_IDLE];
+    static SSL *tssl[TLS_IDLE];
+    int nidle = 0, nloris = 0, ntls = 0;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    CHECK(ctx, "SSL_CTX_new");
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    for (int i = 0; i < TLS_IDLE; i++)
+        if ((tfd[ntls] = tls_idle_open(ctx, &tssl[ntls])) >= 0)
+            ntls++;
+    CHECK(ntls > TLS_IDLE * 9 / 10, "only %d TLS connections opened", ntls);
+    long rss_tls = rss_kb(g_srv, "VmRSS:");
     for (int i = 0; i < IDLE_CONNS; i++)
         if ((idle[nidle] = connect_port(g_port, 1)) >= 0)
             nidle++;
@@ -923,30 +972,32 @@ static void phase_idle(void)
     CHECK(wait_round(start + 2, 60) == 0,
           "rounds stopped under slow-loris and idle connections");
     /* How many of the attackers did the server close itself? */
-    unsigned idle_closed = 0;
+    unsigned idle_closed = 0, tls_closed = 0;
     for (int i = 0; i < nidle; i++) {
-        char c;
-        ssize_t n = recv(idle[i], &c, 1, MSG_DONTWAIT);
-        if (n == 0 || (n < 0 && errno != EAGAIN))
-            idle_closed++;
+        idle_closed += (unsigned)peer_closed(idle[i]);
         close(idle[i]);
     }
     for (int i = 0; i < nloris; i++)
         if (loris[i] >= 0) {
-            char c;
-            ssize_t n = recv(loris[i], &c, 1, MSG_DONTWAIT);
-            if (n == 0 || (n < 0 && errno != EAGAIN))
-                loris_closed++;
+            loris_closed += (unsigned)peer_closed(loris[i]);
             close(loris[i]);
         }
+    for (int i = 0; i < ntls; i++) {
+        tls_closed += (unsigned)peer_closed(tfd[i]);
+        SSL_free(tssl[i]);
+        close(tfd[i]);
+    }
+    SSL_CTX_free(ctx);
     CHECK(wait_round(server_round() + 1, 60) == 0,
           "rounds stopped after the idle connections closed");
     long rss1 = rss_kb(g_srv, "VmRSS:");
-    say("phase 4: server VmRSS %ld KiB before, %ld KiB peak, %ld KiB after; "
-        "the server closed %u of %d idle and %u of %d slow-loris "
+    say("phase 4: server VmRSS %ld KiB before, %ld KiB with %d idle TLS "
+        "sessions, %ld KiB peak, %ld KiB after; the server closed %u of %d "
+        "idle TCP, %u of %d idle TLS and %u of %d slow-loris "
         "connections; rounds %llu -> %llu",
-        rss0, rss_peak, rss1, idle_closed, nidle, loris_closed, nloris,
-        (unsigned long long)start, (unsigned long long)server_round());
+        rss0, rss_tls, ntls, rss_peak, rss1, idle_closed, nidle, tls_closed,
+        ntls, loris_closed, nloris, (unsigned long long)start,
+        (unsigned long long)server_round());
     CHECK(rss0 > 0 && rss_peak > 0 && rss1 > 0, "cannot read VmRSS");
     CHECK(rss_peak - rss0 < RSS_BOUND_KB,
           "server memory grew by %ld KiB under the attack (bound %d KiB)",
@@ -955,8 +1006,7 @@ static void phase_idle(void)
           rss1 - rss0);
 }
 
-/* ---- main ------------------------------------------------------------------
- */
+/* ---- main ---- */
 int main(int argc, char **argv)
 {
     if (argc != 3) {
