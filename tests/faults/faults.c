@@ -1071,6 +1071,10 @@ int main(int argc, char **argv)
     }
     stop_all();
     verify_versions();
+    /* A round is never started that the engine must refuse (secure
+     * aggregation with fewer than 3 devices, right after a restart). */
+    CHECK(run_sh("grep -q 'refused the round configuration' '%s'", g_slog) != 0,
+          "the server started a round its engine refused");
     fl_server_state_t st;
     char err[256] = "";
     fl_server_state_init(&st);
