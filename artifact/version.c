@@ -400,9 +400,18 @@ static void prune(const char *root, unsigned keep, uint64_t current)
             kept++;
             continue;
         }
+        /* Renamed out of sight first: a reader never sees a version
+         * half removed, nor does one stay behind after a crash (a .tmp-
+         * directory is removed above, next time). */
+        char tmp[PATH_MAX], tname[48];
         if (fl_artifact_version_name(seen[i], name, sizeof name) == 0 &&
-            join(p, root, name) == 0)
-            remove_flat_dir(p);
+            join(p, root, name) == 0) {
+            snprintf(tname, sizeof tname, ".tmp-prune-%s", name);
+            if (join(tmp, root, tname) == 0 && rename(p, tmp) == 0)
+                remove_flat_dir(tmp);
+            else
+                remove_flat_dir(p);
+        }
     }
     fl_dir_sync(root);
 out:

@@ -385,6 +385,11 @@ void fl_server_round_tick(fl_server_round_t *r)
     for (fl_server_peer_t *p = s->peers; p; p = p->next)
         have += eligible(p);
     uint32_t need = (uint32_t)c->min_clients;
+    /* Secure aggregation takes 3 participants at least
+     * (fl_secagg_config_check): with fewer, wait rather than start a
+     * round the engine must refuse. */
+    if (c->secagg && need < 3)
+        need = 3;
     if (have < need || have == 0) {
         FL_DEBUG("%u devices eligible, %u needed; waiting", have, need);
         schedule_next(r, (uint64_t)c->round_interval_ms);

@@ -88,3 +88,20 @@ fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 	  grep -E 'stat::number_of_executed_units' $(FUZZ_BUILD)/$$n.log; \
 	  rm -rf $$work; \
 	done
+
+# ---- fault injection: make check-faults (tests/faults/) ----------------------
+# A real server and client daemons over TLS on loopback, under SIGKILLs, a
+# proxy that damages bytes, slow-loris and idle connections; prints its
+# counts. Separate from make check (it takes minutes).
+FAULTS_BIN := $(BUILD)/tests/faults/faults
+
+$(FAULTS_BIN): $(BUILD)/tests/faults/faults.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(BUILD)/tests/faults/faults.o $(LIB) $(LDLIBS_BASE)
+
+all: $(FAULTS_BIN)
+
+.PHONY: check-faults
+check-faults: $(BIN) $(FAULTS_BIN)
+	$(Q)OPENBLAS_NUM_THREADS=1 $(FAULTS_BIN) $(abspath $(BIN)) $(CURDIR)
