@@ -89,7 +89,6 @@ fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 	  rm -rf $$work; \
 	done
 
-<<<<<<< HEAD
 # ---- fault injection: make check-faults (tests/faults/) ----------------------
 # A real server and client daemons over TLS on loopback, under SIGKILLs, a
 # proxy that damages bytes, slow-loris and idle connections; prints its
@@ -106,7 +105,7 @@ all: $(FAULTS_BIN)
 .PHONY: check-faults
 check-faults: $(BIN) $(FAULTS_BIN)
 	$(Q)OPENBLAS_NUM_THREADS=1 $(FAULTS_BIN) $(abspath $(BIN)) $(CURDIR)
-=======
+
 # ---- fuzz-short: the CI fuzz campaign --------------------------------------
 # Builds every target and runs each from a copy of its seed corpus for at
 # most FUZZ_SHORT_RUNS executions or FUZZ_SHORT_SECONDS seconds, whichever
@@ -137,4 +136,3 @@ fuzz-short: $(FUZZ_BINS)
 	     $$(( $$(date +%s) - start )); \
 	  rm -rf $$work; \
 	done
->>>>>>> security
