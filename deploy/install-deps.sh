@@ -17,11 +17,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-PKGS="build-essential pkg-config clang
+PKGS="build-essential pkg-config clang libclang-rt-14-dev
 libuv1-dev libssl-dev libprotobuf-c-dev protobuf-c-compiler libsodium-dev
 libopenblas-dev check libinih-dev libjansson-dev
 debhelper dpkg-dev fakeroot
-fortunes gnuplot-nox python3 python3-numpy python3-nacl openssl curl
+fortunes gnuplot-nox python3 python3-numpy python3-nacl python3-cryptography openssl curl
 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
 # Installed without recommends (the recommends pull in a large CUDA-free but heavy stack).
 PKGS_NORECOMMENDS="python3-torch"
