@@ -225,8 +225,12 @@ typedef struct {
                                 at once (default 1024; 0 = no limit) */
     unsigned max_handshakes; /* TLS handshakes in progress (default 64;
                                 0 = no limit) */
-    int backlog;             /* listen(2) backlog (default 128) */
-    fl_net_callbacks_t cb;   /* for every accepted connection */
+    /* TLS handshakes in progress from one source: an IPv4 address, or an
+     * IPv6 /64 (default 8; 0 = no limit). Keeps one host from holding every
+     * handshake slot with connections that never finish. */
+    unsigned max_handshakes_per_source;
+    int backlog;           /* listen(2) backlog (default 128) */
+    fl_net_callbacks_t cb; /* for every accepted connection */
     /* Optional: a socket was closed at accept (FL_EAGAIN: a limit; or the
      * accept error). */
     void (*on_reject)(fl_net_server_t *s, int reason);
@@ -248,12 +252,13 @@ void *fl_net_server_data(const fl_net_server_t *s);
 unsigned fl_net_server_nconns(const fl_net_server_t *s);
 
 typedef struct {
-    unsigned conns;      /* open now, handshaking included */
-    unsigned handshakes; /* TLS handshakes in progress */
-    uint64_t accepted;   /* since start */
-    uint64_t rejected;   /* closed at accept (limits, errors) */
-    uint64_t closed;     /* accepted connections that have closed */
-    fl_net_stats_t io;   /* all connections, closed ones included */
+    unsigned conns;           /* open now, handshaking included */
+    unsigned handshakes;      /* TLS handshakes in progress */
+    uint64_t accepted;        /* since start */
+    uint64_t rejected;        /* closed at accept (limits, errors) */
+    uint64_t rejected_source; /* of those, over max_handshakes_per_source */
+    uint64_t closed;          /* accepted connections that have closed */
+    fl_net_stats_t io;        /* all connections, closed ones included */
 } fl_net_server_stats_t;
 void fl_net_server_stats(const fl_net_server_t *s, fl_net_server_stats_t *out);
 /* Stops listening and closes every connection (on_close with FL_ECLOSED);

@@ -58,6 +58,10 @@ struct fl_net_conn {
     int reason;
     int above_high;
     int in_handshake; /* counted in server->handshakes */
+    /* Accepted connections: the peer's source, for per-source limits (an
+     * IPv4 address, or the /64 prefix of an IPv6 one); src_len 0 = unknown. */
+    uint8_t src[8];
+    uint8_t src_len;
     int deliver_depth;
 
     const fl_net_transport_t *tp;

@@ -11,6 +11,7 @@ void fl_net_server_opts_init(fl_net_server_opts_t *o)
     fl_net_limits_init(&o->limits);
     o->max_conns = 1024;
     o->max_handshakes = 64;
+    o->max_handshakes_per_source = 8;
     o->backlog = 128;
 }
 
@@ -60,6 +61,47 @@ static void server_reject(fl_net_server_t *s, int reason)
         s->o.on_reject(s, reason);
 }
 
+/* The source of an accepted socket: an IPv4 address (IPv4-mapped IPv6
+ * included) or the /64 prefix of an IPv6 address. */
+static void conn_source(fl_net_conn_t *c)
+{
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    c->src_len = 0;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) < 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        memcpy(c->src, &((const struct sockaddr_in *)&ss)->sin_addr, 4);
+        c->src_len = 4;
+    } else if (ss.ss_family == AF_INET6) {
+        const uint8_t *a =
+            ((const struct sockaddr_in6 *)&ss)->sin6_addr.s6_addr;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0,    0,
+                                           0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(a, mapped, sizeof mapped) == 0) {
+            memcpy(c->src, a + 12, 4);
+            c->src_len = 4;
+        } else {
+            memcpy(c->src, a, 8);
+            c->src_len = 8;
+        }
+    }
+}
+
+/* Handshakes in progress from c's source. A walk over the open
+ * connections: one accept costs O(connections), a few microseconds per
+ * thousand, and nothing has to be kept in step on close. */
+static unsigned source_handshakes(const fl_net_server_t *s,
+                                  const fl_net_conn_t *c)
+{
+    unsigned n = 0;
+    for (const fl_net_conn_t *o = s->conns; o; o = o->next)
+        if (o->in_handshake && o->src_len == c->src_len &&
+            memcmp(o->src, c->src, c->src_len) == 0)
+            n++;
+    return n;
+}
+
 static void on_connection(uv_stream_t *ls, int status)
 {
     fl_net_server_t *s = ls->data;
@@ -82,6 +124,18 @@ static void on_connection(uv_stream_t *ls, int status)
         return;
     }
     int rc = uv_accept(ls, (uv_stream_t *)&c->tcp);
+    if (rc == 0 && s->o.tls && s->o.max_handshakes_per_source) {
+        conn_source(c);
+        if (c->src_len &&
+            source_handshakes(s, c) >= s->o.max_handshakes_per_source) {
+            fl_net__conn_abort_new(c);
+            s->st.rejected++;
+            s->st.rejected_source++;
+            if (s->o.on_reject)
+                s->o.on_reject(s, FL_EAGAIN);
+            return;
+        }
+    }
     if (rc == 0 && s->o.tls)
         rc = fl_net__tls_attach(c, s->o.tls, 1, NULL);
     if (rc != 0) {

@@ -69,6 +69,10 @@ static const fl_cfg_opt_t server_opts[] = {
      NULL, NULL, "connections held at once"},
     {"max-handshakes", FL_CFG_INT, OFF(max_handshakes), "256", 1, 100000, NULL,
      NULL, "TLS handshakes in progress at once"},
+    {"max-handshakes-per-source", FL_CFG_INT, OFF(max_handshakes_per_source),
+     "16", 0, 100000, NULL, NULL,
+     "TLS handshakes in progress from one IPv4 address or IPv6 /64 "
+     "(0 = no limit)"},
     {"chunk-size", FL_CFG_INT, OFF(chunk_size), "1048576", 1024, 16777216, NULL,
      NULL, "largest model chunk served per request, bytes"},
     /* files */

@@ -156,6 +156,7 @@ struct fl_server {
     fl_server_enrol_t *enrol;
     fl_server_state_t state;
     fl_server_metrics_t metrics;
+    uint64_t refused_logged_at; /* loop ms of the last refusal warning */
     fl_server_http_t *http;
     fl_server_round_t *round;
     void *listener; /* the device listener (server/listen.c), or NULL */

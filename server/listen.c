@@ -51,9 +51,22 @@ static void on_close(fl_net_conn_t *c, int reason)
         fl_server_peer_closed(p);
 }
 
+/* Connections refused at accept are counted; the warning is written at
+ * most once a minute, so a flood does not become a flood of log lines. */
 static void on_reject(fl_net_server_t *ns, int reason)
 {
-    FL_WARN("connection refused at accept: %s", fl_strerror(reason));
+    fl_server_t *s = fl_net_server_data(ns);
+    uint64_t now = uv_now(s->loop);
+    s->metrics.connections_refused++;
+    if (s->refused_logged_at == 0 || now - s->refused_logged_at >= 60000) {
+        fl_net_server_stats_t st;
+        fl_net_server_stats(ns, &st);
+        FL_WARN("connection refused at accept: %s (%llu refused so far, %llu "
+                "over the per-source handshake limit)",
+                fl_strerror(reason), (unsigned long long)st.rejected,
+                (unsigned long long)st.rejected_source);
+        s->refused_logged_at = now ? now : 1;
+    }
 }
 
 int fl_server_listen_start(fl_server_t *s, char *err, size_t errlen)
@@ -82,6 +95,7 @@ int fl_server_listen_start(fl_server_t *s, char *err, size_t errlen)
     o.limits.idle_ms = (uint64_t)c->idle_timeout_ms;
     o.max_conns = (unsigned)c->max_connections;
     o.max_handshakes = (unsigned)c->max_handshakes;
+    o.max_handshakes_per_source = (unsigned)c->max_handshakes_per_source;
     o.cb.on_open = on_open;
     o.cb.on_frame = on_frame;
     o.cb.on_close = on_close;

@@ -70,6 +70,10 @@ int fl_server_metrics_render(const fl_server_metrics_t *m, fl_buf_t *o)
             "Frame bytes received from devices.", m->bytes_in));
     TRY(u64(o, "flotilla_bytes_sent_total", "counter",
             "Frame bytes sent to devices.", m->bytes_out));
+    TRY(u64(o, "flotilla_connections_refused_total", "counter",
+            "Connections closed at accept by a limit (connections, "
+            "handshakes, handshakes per source).",
+            m->connections_refused));
     TRY(u64(o, "flotilla_hellos_refused_total", "counter",
             "Hellos refused (not enrolled, bad signature, version).",
             m->hellos_refused));

@@ -99,6 +99,7 @@ typedef struct {
     int64_t max_frame; /* bytes */
     int64_t max_connections;
     int64_t max_handshakes;
+    int64_t max_handshakes_per_source;
     int64_t chunk_size; /* largest model chunk served, bytes */
     /* differential privacy */
     double noise_multiplier; /* z */
@@ -286,6 +287,7 @@ typedef struct {
     uint64_t bytes_in;
     uint64_t bytes_out;
     uint64_t hellos_refused;
+    uint64_t connections_refused; /* closed at accept by a limit */
     uint64_t dropouts[FL_SERVER_PHASE_COUNT];
     double phase_seconds[FL_SERVER_PHASE_COUNT]; /* sum */
     uint64_t phase_count[FL_SERVER_PHASE_COUNT];

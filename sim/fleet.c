@@ -900,6 +900,8 @@ static int server_config(const fl_sim_config_t *cfg, const char *tmp, size_t d,
         SET("tls-key", "%s/tls/server.key", tmp);
         SET("max-connections", "%lld", (long long)cfg->clients + 64);
         SET("max-handshakes", "%d", 2 * TLS_CONNECTING_MAX);
+        /* every virtual device connects from 127.0.0.1 */
+        SET("max-handshakes-per-source", "0");
     } else {
         SET("transport", "tcp"); /* the listener is not used */
     }

@@ -229,11 +229,21 @@ static int free_port(void)
     return ntohs(a.sin_port);
 }
 
-static int connect_port(int port, int nonblock)
+/* A TCP connection to 127.0.0.1:port from the loopback address src
+ * (host order; 0 = any). */
+static int connect_from(int port, int nonblock, uint32_t src)
 {
     int fd = socket(AF_INET, SOCK_STREAM | (nonblock ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0)
         return -1;
+    if (src) {
+        struct sockaddr_in b = {.sin_family = AF_INET,
+                                .sin_addr.s_addr = htonl(src)};
+        if (bind(fd, (struct sockaddr *)&b, sizeof b) < 0) {
+            close(fd);
+            return -1;
+        }
+    }
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -244,6 +254,15 @@ static int connect_port(int port, int nonblock)
     }
     return fd;
 }
+
+static int connect_port(int port, int nonblock)
+{
+    return connect_from(port, nonblock, 0);
+}
+
+/* The attackers of phase 4 come from another loopback address than the
+ * devices, as they would from another host. */
+#define ATTACKER_ADDR 0x7f000002u /* 127.0.0.2 */
 
 static long rss_kb(pid_t pid, const char *field)
 {
@@ -932,9 +951,9 @@ static int peer_closed(int fd)
 }
 
 /* A connection that completes the TLS handshake and then says nothing. */
-static int tls_idle_open(SSL_CTX *ctx, SSL **out)
+static int tls_idle_open(SSL_CTX *ctx, SSL **out, uint32_t src)
 {
-    int fd = connect_port(g_port, 0);
+    int fd = connect_from(g_port, 0, src);
     if (fd < 0)
         return -1;
     struct timeval tv = {10, 0};
@@ -974,23 +993,23 @@ static void phase_idle(void)
     SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     for (int i = 0; i < TLS_IDLE; i++)
-        if ((tfd[ntls] = tls_idle_open(ctx, &tssl[ntls])) >= 0)
+        if ((tfd[ntls] = tls_idle_open(ctx, &tssl[ntls], ATTACKER_ADDR)) >= 0)
             ntls++;
     CHECK(ntls > TLS_IDLE * 9 / 10, "only %d TLS connections opened", ntls);
     long rss_tls = rss_kb(g_srv, "VmRSS:");
     for (int i = 0; i < IDLE_CONNS; i++)
-        if ((idle[nidle] = connect_port(g_port, 1)) >= 0)
+        if ((idle[nidle] = connect_from(g_port, 1, ATTACKER_ADDR)) >= 0)
             nidle++;
     for (int i = 0; i < LORIS_CONNS; i++)
-        if ((loris[nloris] = connect_port(g_port, 1)) >= 0)
+        if ((loris[nloris] = connect_from(g_port, 1, ATTACKER_ADDR)) >= 0)
             nloris++;
     CHECK(nidle > IDLE_CONNS * 9 / 10, "only %d idle connections opened",
           nidle);
-    /* Can a new device get a TLS session while they hold the handshake
-     * slots? (Reported, not required: they are all from loopback.) */
+    /* A new device, from its own address, still gets a TLS session: the
+     * attackers hold at most max-handshakes-per-source slots. */
     msleep(500);
     SSL *probe = NULL;
-    int pfd = tls_idle_open(ctx, &probe);
+    int pfd = tls_idle_open(ctx, &probe, 0);
     int probe_ok = pfd >= 0;
     if (pfd >= 0) {
         SSL_free(probe);
@@ -1054,6 +1073,7 @@ static void phase_idle(void)
         rss0, rss_tls, ntls, rss_peak, rss1, idle_closed, nidle, tls_closed,
         ntls, loris_closed, nloris, probe_ok ? "yes" : "refused",
         (unsigned long long)start, (unsigned long long)server_round());
+    CHECK(probe_ok, "a device could not get a TLS session during the flood");
     CHECK(rss0 > 0 && rss_peak > 0 && rss1 > 0, "cannot read VmRSS");
     CHECK(rss_peak - rss0 < RSS_BOUND_KB,
           "server memory grew by %ld KiB under the attack (bound %d KiB)",

@@ -962,6 +962,78 @@ START_TEST(test_handshake_limit_and_deadline)
 }
 END_TEST
 
+/* A TCP connection to 127.0.0.1:port from another loopback address. */
+static int raw_connect_from(int port, const char *src)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_in b = {.sin_family = AF_INET};
+    inet_pton(AF_INET, src, &b.sin_addr);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&b, sizeof b), 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+/* Handshakes are limited per source address: two stalled handshakes from
+ * 127.0.0.1 fill its share, a third from there is closed at once, while
+ * one from 127.0.0.2 is still taken; when a stalled one leaves, a real
+ * client from 127.0.0.1 gets through. */
+START_TEST(test_handshake_limit_per_source)
+{
+    env_t e;
+    side_t ss = {0}, cs = {0};
+    env_init(&e);
+    fl_net_tls_t *st = server_tls(0), *ct = client_tls(NULL, NULL, 1);
+    fl_net_server_opts_t so;
+    fl_net_server_opts_init(&so);
+    so.max_handshakes = 100;
+    so.max_handshakes_per_source = 2;
+    so.limits.handshake_ms = 20000;
+    fl_net_server_t *srv = start_server(&e, &ss, st, &so);
+    int port = fl_net_server_port(srv);
+    uint8_t partial[3] = {0x16, 0x03, 0x01}; /* a record header, cut */
+
+    int a = raw_connect(port), b = raw_connect(port);
+    raw_send(&e, a, partial, sizeof partial);
+    raw_send(&e, b, partial, sizeof partial);
+    RUN_UNTIL(&e, fl_net_server_nconns(srv) == 2, 5000);
+    int c = raw_connect(port);
+    RUN_UNTIL(&e, ss.rejects == 1, 5000);
+    ck_assert_int_eq(ss.last_reject, FL_EAGAIN);
+    ck_assert(raw_closed(c, 2000));
+    int d = raw_connect_from(port, "127.0.0.2");
+    RUN_UNTIL(&e, fl_net_server_nconns(srv) == 3, 5000);
+    fl_net_server_stats_t sst;
+    fl_net_server_stats(srv, &sst);
+    ck_assert_uint_eq(sst.rejected, 1);
+    ck_assert_uint_eq(sst.rejected_source, 1);
+    ck_assert_uint_eq(sst.handshakes, 3);
+
+    /* A stalled handshake leaves: 127.0.0.1 has a slot again. */
+    close(a);
+    RUN_UNTIL(&e, ss.closed == 1, 5000);
+    start_client(&e, &cs, port, ct, NULL, "localhost");
+    RUN_UNTIL(&e, cs.opened == 1 && ss.opened == 1, 5000);
+    ck_assert_int_eq(ss.rejects, 1);
+    /* Completed handshakes do not count: another stalled one fits. */
+    int f = raw_connect(port);
+    RUN_UNTIL(&e, fl_net_server_nconns(srv) == 4, 5000);
+    ck_assert_int_eq(ss.rejects, 1);
+    fl_net_server_free(srv);
+    RUN_UNTIL(&e, cs.closed == 1, 5000);
+    close(b);
+    close(c);
+    close(d);
+    close(f);
+    fl_net_tls_free(st);
+    fl_net_tls_free(ct);
+    env_finish(&e);
+}
+END_TEST
+
 /* The client side has a handshake deadline too: a server that accepts and
  * says nothing. */
 START_TEST(test_client_handshake_deadline)
@@ -1445,6 +1517,7 @@ Suite *check_net_suite(void)
     tcase_add_test(tc, test_phase_deadline);
     tcase_add_test(tc, test_connection_limit);
     tcase_add_test(tc, test_handshake_limit_and_deadline);
+    tcase_add_test(tc, test_handshake_limit_per_source);
     tcase_add_test(tc, test_client_handshake_deadline);
     tcase_add_test(tc, test_backpressure_tcp);
     tcase_add_test(tc, test_backpressure_tls);
