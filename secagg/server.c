@@ -203,6 +203,23 @@ static int prune(fl_secagg_server_t *s, int stage, uint32_t *count)
     uint32_t n = s->g.n, *deg = NULL, *queue = NULL, *nb = NULL;
     size_t head = 0, tail = 0;
     int rc = 0;
+    if (s->g.kind == FLOTILLA__GRAPH_KIND__GRAPH_COMPLETE) {
+        /* everyone's live neighbours are the others: all stay or all go */
+        if (*count == 0 || *count - 1 >= s->t)
+            return 0;
+        for (uint32_t a = 0; a < n; a++) {
+            if (!*member(&s->cl[a], stage))
+                continue;
+            if (s->info.pruned++ == 0) {
+                s->info.why = FL_SECAGG_SHORT_NEIGHBOURS;
+                s->info.client = s->g.ids[a];
+                s->info.have = *count - 1;
+            }
+            *member(&s->cl[a], stage) = 0;
+        }
+        *count = 0;
+        return 0;
+    }
     deg = fl_calloc(n, sizeof *deg);
     queue = fl_calloc(n, sizeof *queue);
     nb = fl_calloc(s->k, sizeof *nb);
