@@ -25,8 +25,29 @@
  *
  * A client that misses a phase's deadline is simply not heard from; the
  * driver calls the _close function when the deadline passes (or when all
- * have answered). A _close returns FL_ETHRESHOLD and aborts the round when
- * fewer than t clients remain.
+ * have answered).
+ *
+ * Closing a phase, the server applies each client's own rule for the next
+ * step, so that it never sends a request a client is bound to refuse:
+ *   advertise_close    a client goes on only if at least t of its
+ *                      neighbours (itself not counted) are left with keys;
+ *   share_keys_close   only if at least t of its neighbours are left that
+ *                      shared keys (it needs t shares to mask its input).
+ * Both remove the clients below t again and again until every one left has
+ * t (a client removed so is a dropout of the phase that closed: its next
+ * request answers FL_ENOENT and its neighbours never get its keys or
+ * shares, so no mask involves it), and abort with FL_ETHRESHOLD only when
+ * fewer than t clients are left.
+ *   masked_input_close aborts with FL_ETHRESHOLD when a secret the
+ *                      unmasking needs (a survivor's b_u; a dropped
+ *                      client's s_sk when a survivor masked with it) has
+ *                      fewer than t holders among the survivors: inputs
+ *                      are in the sum already, no client can be left out
+ *                      any more, and the round cannot end.
+ *   unmasking_close    aborts with FL_ETHRESHOLD, before reconstructing
+ *                      anything, when such a secret has fewer than t
+ *                      holders among the clients that answered.
+ * fl_secagg_server_close_info says what the last _close did and why.
  *
  * Hostile input: every fl_secagg_server_handle_* checks the phase, the
  * round, the session id, the sender (`sender` is the round-local id the
@@ -53,10 +74,10 @@
  *
  * Shares: a client splits b_u and s_sk_u among its neighbours that
  * advertised keys (not itself), t-of-them; so t counts neighbours, and
- * every survivor's b_u and every dropped client's s_sk_u must have t
- * neighbours that answer the unmasking, else the round aborts with
- * FL_ETHRESHOLD. A recovered s_sk is checked against the advertised s_pk
- * (a wrong share gives FL_ECRYPTO, not a wrong sum).
+ * every survivor's b_u, and the s_sk_u of every dropped client that a
+ * survivor masked with, must have t neighbours that answer the unmasking,
+ * else the round aborts with FL_ETHRESHOLD. A recovered s_sk is checked against
+ * the advertised s_pk (a wrong share gives FL_ECRYPTO, not a wrong sum).
  *
  * Masks: y_u = x_u + PRG(b_u) + sum over neighbours v that shared keys of
  *   (+PRG(s_uv) if u < v, -PRG(s_uv) if u > v)   (mod 2^r).
@@ -345,6 +366,40 @@ int fl_secagg_server_unmask_part(fl_secagg_server_t *s, unsigned part,
 int fl_secagg_server_unmask_finish(fl_secagg_server_t *s);
 /* All of the above on the calling thread. */
 int fl_secagg_server_unmask(fl_secagg_server_t *s);
+
+/* What the last _close did (caller-allocated; filled by
+ * fl_secagg_server_close_info). Plain values, no secret. */
+typedef enum {
+    FL_SECAGG_SHORT_NONE = 0,
+    FL_SECAGG_SHORT_CLIENTS,    /* fewer than t clients left at all */
+    FL_SECAGG_SHORT_NEIGHBOURS, /* client: have of its neighbours are left */
+    FL_SECAGG_SHORT_SELF_MASK,  /* client survived: have holders of b_u */
+    FL_SECAGG_SHORT_MASK_KEY,   /* client dropped: have holders of s_sk_u */
+} fl_secagg_short_t;
+
+typedef struct {
+    fl_secagg_phase_t phase; /* the phase that was closed */
+    int rc;                  /* what the _close returned */
+    uint32_t pruned;         /* clients left out by this close (below t) */
+    uint32_t remaining;      /* clients going on to the next phase */
+    /* Why, when rc is FL_ETHRESHOLD. SHORT_CLIENTS: `have` clients were
+     * left (client is 0). Otherwise client `client` (an id) had `have`
+     * live neighbours (or holders) of the `need` (= t) it needs; when
+     * clients were left out, the first of them (a cause, not one that
+     * only followed it), whatever rc is. */
+    fl_secagg_short_t why;
+    uint32_t client, have, need;
+} fl_secagg_close_info_t;
+
+/* The account of the last _close (zeroed, phase ADVERTISE, before any). */
+void fl_secagg_server_close_info(const fl_secagg_server_t *s,
+                                 fl_secagg_close_info_t *out);
+/* One line for a log (no secret in it), such as "share keys: 1 client left
+ * out (fewer than t = 2 live neighbours), 8 go on" or "advertise: 2
+ * clients left out (fewer than t = 2 live neighbours), none left; client 4
+ * has 1 of t = 2 live neighbours". Returns what snprintf returns. */
+int fl_secagg_close_info_describe(const fl_secagg_close_info_t *info, char *buf,
+                                  size_t len);
 
 /* The sum of the survivors' inputs mod 2^r, dim values into out; the
  * survivors' ids (ascending) into survivors (room for n; may be NULL),

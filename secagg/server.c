@@ -54,6 +54,7 @@ struct fl_secagg_server {
     uint8_t *secrets; /* n * 32 (sodium_malloc): b_u or s_sk_v */
     unsigned nparts;
     _Atomic uint64_t derive_done, unmask_done;
+    fl_secagg_close_info_t info; /* the last _close */
 };
 
 static int abort_round(fl_secagg_server_t *s, int rc)
@@ -163,6 +164,199 @@ static int check_session(const fl_secagg_server_t *s, uint64_t round,
     return 0;
 }
 
+/* ---- the clients' rule at each close ---------------------------------------
+ * A client refuses a request that gives it fewer than t neighbours' keys
+ * (share keys) or shares (masked input), and an unmasking cannot end when
+ * a secret it needs has fewer than t holders. The closes apply the same
+ * counts, so that no request is sent that is bound to be refused. */
+
+/* The flag that says client c is in stage 0 (advertised), 1 (shared keys),
+ * 2 (sent its input) or 3 (answered the unmasking). */
+static uint8_t *member(sclient_t *c, int stage)
+{
+    return stage == 0   ? &c->adv
+           : stage == 1 ? &c->shared
+           : stage == 2 ? &c->input
+                        : &c->unmasked;
+}
+
+static void info_start(fl_secagg_server_t *s, fl_secagg_phase_t phase)
+{
+    memset(&s->info, 0, sizeof s->info);
+    s->info.phase = phase;
+    s->info.need = s->t;
+}
+
+/* Records how the close ended; returns rc. */
+static int closed(fl_secagg_server_t *s, int rc, uint32_t remaining)
+{
+    s->info.rc = rc;
+    s->info.remaining = rc == 0 ? remaining : 0;
+    return rc;
+}
+
+/* Leaves out every client of `stage` that has fewer than t neighbours in
+ * it, again and again until every one left has t (what is left is the
+ * same whatever the order). *count is the stage's count. */
+static int prune(fl_secagg_server_t *s, int stage, uint32_t *count)
+{
+    uint32_t n = s->g.n, *deg = NULL, *queue = NULL, *nb = NULL;
+    size_t head = 0, tail = 0;
+    int rc = 0;
+    if (s->g.kind == FLOTILLA__GRAPH_KIND__GRAPH_COMPLETE) {
+        /* everyone's live neighbours are the others: all stay or all go */
+        if (*count == 0 || *count - 1 >= s->t)
+            return 0;
+        for (uint32_t a = 0; a < n; a++) {
+            if (!*member(&s->cl[a], stage))
+                continue;
+            if (s->info.pruned++ == 0) {
+                s->info.why = FL_SECAGG_SHORT_NEIGHBOURS;
+                s->info.client = s->g.ids[a];
+                s->info.have = *count - 1;
+            }
+            *member(&s->cl[a], stage) = 0;
+        }
+        *count = 0;
+        return 0;
+    }
+    deg = fl_calloc(n, sizeof *deg);
+    queue = fl_calloc(n, sizeof *queue);
+    nb = fl_calloc(s->k, sizeof *nb);
+    if (deg == NULL || queue == NULL || nb == NULL) {
+        rc = FL_ENOMEM;
+        goto out;
+    }
+    for (uint32_t a = 0; a < n; a++) {
+        if (!*member(&s->cl[a], stage))
+            continue;
+        uint32_t m = sa_graph_neighbors(&s->g, a, nb);
+        for (uint32_t i = 0; i < m; i++)
+            deg[a] += *member(&s->cl[nb[i]], stage);
+        if (deg[a] < s->t)
+            queue[tail++] = a;
+    }
+    /* each client is queued once: when first seen below t */
+    while (head < tail) {
+        uint32_t a = queue[head++];
+        if (s->info.pruned++ == 0) { /* the first is a cause, not a cascade */
+            s->info.why = FL_SECAGG_SHORT_NEIGHBOURS;
+            s->info.client = s->g.ids[a];
+            s->info.have = deg[a];
+        }
+        *member(&s->cl[a], stage) = 0;
+        (*count)--;
+        uint32_t m = sa_graph_neighbors(&s->g, a, nb);
+        for (uint32_t i = 0; i < m; i++) {
+            uint32_t b = nb[i];
+            if (*member(&s->cl[b], stage) && deg[b]-- == s->t)
+                queue[tail++] = b;
+        }
+    }
+out:
+    fl_free(deg);
+    fl_free(queue);
+    fl_free(nb);
+    return rc;
+}
+
+/* Whether the unmasking needs the secret of client v: 1 for a survivor's
+ * b_v, 2 for the s_sk_v of a dropped client that a survivor masked with
+ * (every neighbour that sent its input had v's share), 0 otherwise. The
+ * holders of that share among the clients of `stage` into *holders.
+ * Uses s->tmp. */
+static int secret_needed(fl_secagg_server_t *s, uint32_t v, int stage,
+                         uint32_t *holders)
+{
+    *holders = 0;
+    if (!s->cl[v].shared)
+        return 0;
+    uint32_t nb = sa_graph_neighbors(&s->g, v, s->tmp), inputs = 0;
+    for (uint32_t i = 0; i < nb; i++) {
+        inputs += s->cl[s->tmp[i]].input;
+        *holders += *member(&s->cl[s->tmp[i]], stage);
+    }
+    return s->cl[v].input ? 1 : inputs > 0 ? 2 : 0;
+}
+
+/* FL_ETHRESHOLD (with the account filled) when a needed secret has fewer
+ * than t holders in `stage`. */
+static int check_holders(fl_secagg_server_t *s, int stage)
+{
+    for (uint32_t v = 0; v < s->g.n; v++) {
+        uint32_t holders;
+        int need = secret_needed(s, v, stage, &holders);
+        if (need == 0 || holders >= s->t)
+            continue;
+        s->info.why =
+            need == 1 ? FL_SECAGG_SHORT_SELF_MASK : FL_SECAGG_SHORT_MASK_KEY;
+        s->info.client = s->g.ids[v];
+        s->info.have = holders;
+        return FL_ETHRESHOLD;
+    }
+    return 0;
+}
+
+/* Fewer than t clients in the stage: the account says how many. */
+static int too_few(fl_secagg_server_t *s, uint32_t left)
+{
+    if (s->info.why == FL_SECAGG_SHORT_NONE) {
+        s->info.why = FL_SECAGG_SHORT_CLIENTS;
+        s->info.have = left;
+    }
+    return closed(s, abort_round(s, FL_ETHRESHOLD), 0);
+}
+
+void fl_secagg_server_close_info(const fl_secagg_server_t *s,
+                                 fl_secagg_close_info_t *out)
+{
+    *out = s->info;
+}
+
+int fl_secagg_close_info_describe(const fl_secagg_close_info_t *in, char *buf,
+                                  size_t len)
+{
+    static const char *const names[] = {
+        [FL_SECAGG_PHASE_ADVERTISE] = "advertise",
+        [FL_SECAGG_PHASE_SHARE_KEYS] = "share keys",
+        [FL_SECAGG_PHASE_MASKED_INPUT] = "masked input",
+        [FL_SECAGG_PHASE_UNMASKING] = "unmasking",
+    };
+    const char *ph =
+        (unsigned)in->phase < FL_ARRAY_LEN(names) && names[in->phase] != NULL
+            ? names[in->phase]
+            : "secure aggregation";
+    char out[96] = "";
+    if (in->pruned > 0)
+        snprintf(out, sizeof out,
+                 "%u client%s left out (fewer than t = %u live neighbours), ",
+                 in->pruned, in->pruned == 1 ? "" : "s", in->need);
+    if (in->rc == 0)
+        return snprintf(buf, len, "%s: %s%u go on", ph, out, in->remaining);
+    if (in->rc != FL_ETHRESHOLD)
+        return snprintf(buf, len, "%s: %s", ph, fl_strerror(in->rc));
+    switch (in->why) {
+    case FL_SECAGG_SHORT_NEIGHBOURS:
+        return snprintf(buf, len,
+                        "%s: %snone left; client %u has %u of t = %u live "
+                        "neighbours",
+                        ph, out, in->client, in->have, in->need);
+    case FL_SECAGG_SHORT_SELF_MASK:
+        return snprintf(buf, len,
+                        "%s: the self-mask seed of survivor %u has %u of t = "
+                        "%u holders left",
+                        ph, in->client, in->have, in->need);
+    case FL_SECAGG_SHORT_MASK_KEY:
+        return snprintf(buf, len,
+                        "%s: the mask key of dropped client %u has %u of t = "
+                        "%u holders left",
+                        ph, in->client, in->have, in->need);
+    default:
+        return snprintf(buf, len, "%s: %s%u clients left, t = %u needed", ph,
+                        out, in->have, in->need);
+    }
+}
+
 /* ---- phase 0: advertise
  * ------------------------------------------------------ */
 
@@ -223,8 +417,13 @@ int fl_secagg_server_advertise_close(fl_secagg_server_t *s)
     int rc;
     if (s->phase != FL_SECAGG_PHASE_ADVERTISE)
         return FL_ESTATE;
+    info_start(s, FL_SECAGG_PHASE_ADVERTISE);
+    /* a client with fewer than t neighbours' keys refuses to share (and a
+     * client left out is no one's neighbour: no key, no share, no mask) */
+    if ((rc = prune(s, 0, &s->n_adv)) != 0)
+        return closed(s, rc, 0);
     if (s->n_adv < s->t)
-        return abort_round(s, FL_ETHRESHOLD);
+        return too_few(s, s->n_adv);
     views = fl_calloc(s->n_adv, sizeof *views);
     ptrs = fl_calloc(s->n_adv, sizeof *ptrs);
     size_t nct;
@@ -248,7 +447,7 @@ int fl_secagg_server_advertise_close(fl_secagg_server_t *s)
 out:
     fl_free(views);
     fl_free(ptrs);
-    return rc;
+    return closed(s, rc, s->n_adv);
 }
 
 static int client_in(const fl_secagg_server_t *s, uint32_t id, int phase_flag,
@@ -257,12 +456,7 @@ static int client_in(const fl_secagg_server_t *s, uint32_t id, int phase_flag,
     long a = sa_graph_index(&s->g, id);
     if (a < 0)
         return FL_ENOENT;
-    const sclient_t *c = &s->cl[a];
-    int in = phase_flag == 0   ? c->adv
-             : phase_flag == 1 ? c->shared
-             : phase_flag == 2 ? c->input
-                               : c->unmasked;
-    if (!in)
+    if (!*member(&s->cl[a], phase_flag))
         return FL_ENOENT;
     *a_out = a;
     return 0;
@@ -366,12 +560,20 @@ int fl_secagg_server_handle_share_keys(fl_secagg_server_t *s, uint32_t sender,
 
 int fl_secagg_server_share_keys_close(fl_secagg_server_t *s)
 {
+    int rc;
     if (s->phase != FL_SECAGG_PHASE_SHARE_KEYS)
         return FL_ESTATE;
+    info_start(s, FL_SECAGG_PHASE_SHARE_KEYS);
+    /* A client with fewer than t neighbours' shares refuses to mask. One
+     * left out is a dropout of this phase that its neighbours never heard
+     * of: its shares are not forwarded, so no one masks with it, and its
+     * secrets are never needed. */
+    if ((rc = prune(s, 1, &s->n_shared)) != 0)
+        return closed(s, rc, 0);
     if (s->n_shared < s->t)
-        return abort_round(s, FL_ETHRESHOLD);
+        return too_few(s, s->n_shared);
     s->phase = FL_SECAGG_PHASE_MASKED_INPUT;
-    return 0;
+    return closed(s, 0, s->n_shared);
 }
 
 int fl_secagg_server_masked_input_request(fl_secagg_server_t *s, uint32_t id,
@@ -458,15 +660,22 @@ int fl_secagg_server_masked_input_close(fl_secagg_server_t *s)
 {
     if (s->phase != FL_SECAGG_PHASE_MASKED_INPUT)
         return FL_ESTATE;
+    info_start(s, FL_SECAGG_PHASE_MASKED_INPUT);
     if (s->n_input < s->t)
-        return abort_round(s, FL_ETHRESHOLD);
+        return too_few(s, s->n_input);
+    /* The inputs are in the sum: no one can be left out any more. Even if
+     * every survivor answers, each needed secret must have t holders among
+     * them (this implies every survivor's own check: its surviving
+     * neighbours plus itself reach t). */
+    if (check_holders(s, 2) != 0)
+        return closed(s, abort_round(s, FL_ETHRESHOLD), 0);
     size_t nrev;
     if (fl_mul_size((size_t)s->g.n * s->k, S_BYTES, &nrev) != 0 ||
         (s->revealed = sodium_malloc(nrev)) == NULL)
-        return FL_ENOMEM;
+        return closed(s, FL_ENOMEM, 0);
     sodium_memzero(s->revealed, nrev);
     s->phase = FL_SECAGG_PHASE_UNMASKING;
-    return 0;
+    return closed(s, 0, s->n_input);
 }
 
 int fl_secagg_server_unmasking_request(fl_secagg_server_t *s, uint32_t id,
@@ -602,8 +811,13 @@ int fl_secagg_server_unmasking_close(fl_secagg_server_t *s)
     int rc = 0;
     if (s->phase != FL_SECAGG_PHASE_UNMASKING)
         return FL_ESTATE;
+    info_start(s, FL_SECAGG_PHASE_UNMASKING);
     if (s->n_unmasked < s->t)
-        return abort_round(s, FL_ETHRESHOLD);
+        return too_few(s, s->n_unmasked);
+    /* every needed secret has t holders that answered, or nothing is
+     * reconstructed at all */
+    if (check_holders(s, 3) != 0)
+        return closed(s, abort_round(s, FL_ETHRESHOLD), 0);
     xs = fl_calloc(s->t, sizeof *xs);
     last = fl_calloc(s->t, sizeof *last);
     coef = fl_calloc(s->t, sizeof *coef);
@@ -617,8 +831,9 @@ int fl_secagg_server_unmasking_close(fl_secagg_server_t *s)
     sodium_memzero(s->secrets, (size_t)s->g.n * 32);
     size_t njobs = 0;
     for (uint32_t v = 0; v < s->g.n; v++) {
-        if (!s->cl[v].shared)
-            continue;
+        uint32_t holders;
+        if (secret_needed(s, v, 3, &holders) == 0)
+            continue; /* not shared, or dropped with no survivor near */
         if ((rc = reconstruct(s, v, xs, last, &have_last, coef, ptrs)) != 0)
             goto out;
         if (s->cl[v].input) {
@@ -667,8 +882,8 @@ out:
     fl_free(coef);
     fl_free(ptrs);
     if (rc != 0)
-        return abort_round(s, rc);
-    return 0;
+        return closed(s, abort_round(s, rc), 0);
+    return closed(s, 0, s->n_unmasked);
 }
 
 /* ---- phase 4: the PRG work

@@ -61,9 +61,10 @@ struct fl_server_round {
     uint64_t round;
     uint8_t nonce[32];
     participant_t *parts;
-    uint32_t n;         /* invited */
-    uint32_t threshold; /* survivors needed to go on (min-clients); the
-                           secagg threshold t is the engine's to enforce */
+    uint32_t n;          /* invited */
+    uint32_t threshold;  /* survivors needed to go on (min-clients); the
+                            secagg threshold t is the engine's to enforce */
+    uint32_t sa_t, sa_k; /* secagg t and degree as the engine fixed them */
     uint64_t num_values;
     void *ectx; /* the engine's round context */
     uv_timer_t deadline;
@@ -459,6 +460,8 @@ void fl_server_round_tick(fl_server_round_t *r)
                     "server engine unavailable");
         goto out;
     }
+    r->sa_t = sc.threshold; /* for the log: begin may have changed them */
+    r->sa_k = sc.degree;
     FL_INFO("round %llu: inviting %u of %u eligible devices (cohort %lld, "
             "%u survivors needed)",
             (unsigned long long)r->round, n, have, (long long)c->cohort,
@@ -504,6 +507,13 @@ static int send_requests(fl_server_round_t *r)
         Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
         rc = en->request ? en->request(r->ectx, phase, pt->id, &e) : FL_ENOTSUP;
         if (rc == FL_ENOENT) { /* the engine counts it as gone */
+            /* It answered the last phase: secure aggregation left it out,
+             * as it would refuse the request for lack of neighbours. */
+            FL_INFO("round %llu: client %u is left out of the %s phase: "
+                    "fewer than t = %u of its neighbours are still taking "
+                    "part",
+                    (unsigned long long)r->round, pt->id,
+                    fl_server_phase_name(phase), r->sa_t);
             drop(r, pt);
             rc = 0;
             continue;
@@ -677,6 +687,31 @@ static void start_finish(fl_server_round_t *r)
     }
 }
 
+/* Why secure aggregation cannot go on after phase ph, with `left`
+ * devices: a device takes part only with t of its neighbours' keys and
+ * shares, and every secret the unmasking needs has t holders among its
+ * neighbours (secagg/secagg.h). */
+static void secagg_shortfall(const fl_server_round_t *r, int ph, uint32_t left,
+                             char *why, size_t len)
+{
+    const char *phase = fl_server_phase_name(ph);
+    if (ph == FL_SERVER_PHASE_ADVERTISE || ph == FL_SERVER_PHASE_SHARE)
+        snprintf(why, len,
+                 "secure aggregation: after the %s phase no device has t = "
+                 "%u of its %u neighbours still taking part (%u devices "
+                 "left, each would refuse)",
+                 phase, r->sa_t, r->sa_k, left);
+    else
+        snprintf(why, len,
+                 "secure aggregation: after the %s phase a secret needed to "
+                 "unmask the sum has fewer than t = %u holders among the "
+                 "neighbours of its device that %s (%u devices left)",
+                 phase, r->sa_t,
+                 ph == FL_SERVER_PHASE_MASKED_INPUT ? "sent their inputs"
+                                                    : "answered",
+                 left);
+}
+
 /* Leaves the current phase: drops the silent, checks the survivors. */
 static void advance(fl_server_round_t *r)
 {
@@ -695,7 +730,12 @@ static void advance(fl_server_round_t *r)
     if (r->state != RS_INVITE && r->s->engine->close && left >= r->threshold) {
         int crc = r->s->engine->close(r->ectx, ph);
         if (crc == FL_ETHRESHOLD) {
-            left = 0; /* too few shares or inputs for the engine */
+            /* Enough devices, but the neighbour graph is too thin where it
+             * counts: say so rather than "0 devices left". */
+            char why[256];
+            secagg_shortfall(r, ph, left, why, sizeof why);
+            abort_round(r, FLOTILLA__ABORT_REASON__ABORT_TOO_FEW_CLIENTS, why);
+            return;
         } else if (crc < 0) {
             FL_ERROR("round %llu: closing the %s phase: %s",
                      (unsigned long long)r->round, fl_server_phase_name(ph),

@@ -180,16 +180,31 @@ static void feed(fl_secagg_server_t *s, uint32_t sender, const uint8_t *p,
 
 static int close_phase(fl_secagg_server_t *s, int phase)
 {
+    int rc;
     switch (phase) {
     case 0:
-        return fl_secagg_server_advertise_close(s);
+        rc = fl_secagg_server_advertise_close(s);
+        break;
     case 1:
-        return fl_secagg_server_share_keys_close(s);
+        rc = fl_secagg_server_share_keys_close(s);
+        break;
     case 2:
-        return fl_secagg_server_masked_input_close(s);
+        rc = fl_secagg_server_masked_input_close(s);
+        break;
     default:
-        return fl_secagg_server_unmasking_close(s);
+        rc = fl_secagg_server_unmasking_close(s);
+        break;
     }
+    /* the account of the close agrees with it and reads as one line */
+    fl_secagg_close_info_t info;
+    char line[256];
+    fl_secagg_server_close_info(s, &info);
+    if (rc == FL_ESTATE) /* not closed: nothing to account for */
+        return rc;
+    if (info.rc != rc || (int)info.phase != phase ||
+        fl_secagg_close_info_describe(&info, line, sizeof line) <= 0)
+        __builtin_trap();
+    return rc;
 }
 
 /* Requests for everyone, so the request builders see the fuzzed state. */

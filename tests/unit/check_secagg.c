@@ -464,6 +464,15 @@ static void unwire(void *m)
         protobuf_c_message_free_unpacked(m, NULL);
 }
 
+/* Where a client stops taking part in a whole round. */
+enum {
+    AT_ADVERTISE = 0, /* never advertises */
+    AT_SHARE,         /* its ShareKeysResponse is lost */
+    AT_MASKED,        /* shared keys, sends no input */
+    AT_UNMASK,        /* sent its input, does not answer the unmasking */
+    AT_END,           /* takes part to the end */
+};
+
 typedef struct {
     uint32_t n;
     unsigned r;
@@ -473,6 +482,7 @@ typedef struct {
     size_t dim;
     uint64_t seed;
     double drop[4]; /* before advertise, share keys, masked input, unmask */
+    const uint8_t *stop; /* NULL, or per client: AT_* below */
     unsigned nparts;
     int threads; /* run the unmasking parts on threads */
 } spec_t;
@@ -560,10 +570,95 @@ static void world_free(world_t *w, uint32_t n)
     fl_free(w->x);
 }
 
-/* Runs a round with random dropouts; returns the server's final code and
- * checks the result against the survivors' exact sum. *expect_ok says
- * whether enough clients survived everywhere for the round to succeed. */
-static int run_round(const spec_t *sp, int *expect_ok)
+/* The model of the server's rule at a close, written independently of
+ * secagg/server.c: a client of `in` with fewer than t neighbours in `in`
+ * leaves, rescanning until none does. Returns how many left. */
+static uint32_t model_prune(const world_t *w, const spec_t *sp, uint8_t *in,
+                            uint32_t *nb)
+{
+    uint32_t left = 0;
+    int changed;
+    do {
+        changed = 0;
+        for (uint32_t i = 0; i < sp->n; i++) {
+            if (!in[i])
+                continue;
+            int m = fl_secagg_graph_neighbors(&w->cfg, w->ids[i], nb, sp->n);
+            uint32_t live = 0;
+            for (int j = 0; j < m; j++)
+                live += in[(nb[j] - 100) / 3];
+            if (live < sp->threshold) {
+                in[i] = 0;
+                left++;
+                changed = 1;
+            }
+        }
+    } while (changed);
+    return left;
+}
+
+static uint32_t model_count(const uint8_t *in, uint32_t n)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++)
+        k += in[i];
+    return k;
+}
+
+/* Whether every secret the unmasking needs has t holders in `holders`: the
+ * b_v of every client v that sent its input, and the s_sk_v of every
+ * client v whose shares went out (`shared`) and that a survivor masked
+ * with (a neighbour sent its input). */
+static int model_recoverable(const world_t *w, const spec_t *sp,
+                             const uint8_t *shared, const uint8_t *input,
+                             const uint8_t *holders, uint32_t *nb)
+{
+    for (uint32_t v = 0; v < sp->n; v++) {
+        if (!shared[v])
+            continue;
+        int m = fl_secagg_graph_neighbors(&w->cfg, w->ids[v], nb, sp->n);
+        uint32_t near = 0, have = 0;
+        for (int j = 0; j < m; j++) {
+            near += input[(nb[j] - 100) / 3];
+            have += holders[(nb[j] - 100) / 3];
+        }
+        if ((input[v] || near > 0) && have < sp->threshold)
+            return 0;
+    }
+    return 1;
+}
+
+/* The server's account of a close agrees with what the test saw. */
+static void check_info(const fl_secagg_server_t *srv,
+                       fl_secagg_close_info_t *info, fl_secagg_phase_t phase,
+                       int rc, uint32_t pruned, uint32_t remaining)
+{
+    fl_secagg_server_close_info(srv, info);
+    ck_assert_int_eq(info->phase, phase);
+    ck_assert_int_eq(info->rc, rc);
+    ck_assert_uint_eq(info->pruned, pruned);
+    ck_assert_uint_eq(info->remaining, rc == 0 ? remaining : 0);
+    if (rc == FL_ETHRESHOLD)
+        ck_assert_int_ne(info->why, FL_SECAGG_SHORT_NONE);
+}
+
+/* What a round did. */
+typedef struct {
+    int ok;             /* the round ended with the exact sum */
+    int aborted_at;     /* the phase whose close aborted, or -1 */
+    uint32_t pruned[2]; /* left out by advertise / share keys close */
+    uint32_t survivors; /* inputs in the sum */
+    fl_secagg_close_info_t info[4]; /* each close's account */
+} outcome_t;
+
+/* Runs a round where client i stops at sp->stop[i] (or, without a plan, at
+ * a random phase drawn with the probabilities sp->drop). At each close the
+ * server must do exactly what the model above says: leave out the same
+ * clients (their requests answer FL_ENOENT), and abort with FL_ETHRESHOLD
+ * exactly when the round cannot end. No client is ever sent a request it
+ * refuses, and a round that ends gives the survivors' exact sum. Returns
+ * the server's final code. */
+static int run_round(const spec_t *sp, outcome_t *o)
 {
     world_t w;
     fl_rng_t rng;
@@ -571,154 +666,158 @@ static int run_round(const spec_t *sp, int *expect_ok)
     world_init(&w, sp);
     fl_rng_seed(&rng, sp->seed);
     uint32_t n = sp->n, t = sp->threshold;
-    /* alive[i]: 1 while client i takes part; stage reached per client */
-    int *alive = fl_calloc(n, sizeof(int));
-    int *in_u2 = fl_calloc(n, sizeof(int)), *in_u3 = fl_calloc(n, sizeof(int));
-    int *in_u4 = fl_calloc(n, sizeof(int));
+    memset(o, 0, sizeof *o);
+    o->aborted_at = -1;
+    uint8_t *stop = fl_calloc(n, 1), *adv = fl_calloc(n, 1);
+    uint8_t *ask1 = fl_calloc(n, 1), *shared = fl_calloc(n, 1);
+    uint8_t *ask2 = fl_calloc(n, 1), *input = fl_calloc(n, 1);
+    uint8_t *unmasked = fl_calloc(n, 1);
     uint32_t *nb = fl_calloc(n, sizeof(uint32_t));
-    for (uint32_t i = 0; i < n; i++)
-        alive[i] = 1;
-    *expect_ok = 1;
-
-    /* phase 0 */
-    uint32_t c0 = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (fl_rng_uniform(&rng) < sp->drop[0]) {
-            alive[i] = 0;
+        if (sp->stop != NULL) {
+            stop[i] = sp->stop[i];
             continue;
         }
+        stop[i] = AT_END;
+        for (uint8_t p = 0; p < 4; p++)
+            if (fl_rng_uniform(&rng) < sp->drop[p]) {
+                stop[i] = p;
+                break;
+            }
+    }
+
+    /* phase 0 */
+    for (uint32_t i = 0; i < n; i++) {
+        if (stop[i] == AT_ADVERTISE)
+            continue;
         Flotilla__AdvertiseKeys *m;
         ck_assert_int_eq(fl_secagg_client_advertise(w.cl[i], &m), 0);
         m = wire(m);
         ck_assert_int_eq(fl_secagg_server_handle_advertise(w.srv, w.ids[i], m),
                          0);
         unwire(m);
-        c0++;
+        adv[i] = ask1[i] = 1;
     }
+    o->pruned[0] = model_prune(&w, sp, ask1, nb);
     rc = fl_secagg_server_advertise_close(w.srv);
-    if (c0 < t) {
-        *expect_ok = 0;
-        ck_assert_int_eq(rc, FL_ETHRESHOLD);
+    ck_assert_int_eq(rc, model_count(ask1, n) < t ? FL_ETHRESHOLD : 0);
+    check_info(w.srv, &o->info[0], FL_SECAGG_PHASE_ADVERTISE, rc, o->pruned[0],
+               model_count(ask1, n));
+    if (rc != 0) {
+        o->aborted_at = FL_SECAGG_PHASE_ADVERTISE;
         goto out;
     }
-    ck_assert_int_eq(rc, 0);
 
-    /* phase 1 */
-    uint32_t c1 = 0;
+    /* phase 1: those who stop here lose their answer */
     for (uint32_t i = 0; i < n; i++) {
-        if (!alive[i])
+        if (!adv[i])
             continue;
         Flotilla__ShareKeysRequest *q;
         Flotilla__ShareKeysResponse *m;
-        ck_assert_int_eq(
-            fl_secagg_server_share_keys_request(w.srv, w.ids[i], &q), 0);
+        rc = fl_secagg_server_share_keys_request(w.srv, w.ids[i], &q);
+        if (!ask1[i]) { /* left out: it would have refused */
+            ck_assert_int_eq(rc, FL_ENOENT);
+            continue;
+        }
+        ck_assert_int_eq(rc, 0);
         q = wire(q);
-        int crc = fl_secagg_client_share_keys(w.cl[i], q, &m);
+        ck_assert_int_eq(fl_secagg_client_share_keys(w.cl[i], q, &m), 0);
         unwire(q);
-        if (fl_rng_uniform(&rng) < sp->drop[1] || crc != 0) {
-            if (crc != 0) /* too few neighbours advertised */
-                ck_assert_int_eq(crc, FL_ETHRESHOLD);
+        if (stop[i] == AT_SHARE) {
             fl_secagg_msg_free(m);
-            alive[i] = 0;
             continue;
         }
         m = wire(m);
         ck_assert_int_eq(fl_secagg_server_handle_share_keys(w.srv, w.ids[i], m),
                          0);
         unwire(m);
-        in_u2[i] = 1;
-        c1++;
+        shared[i] = ask2[i] = 1;
     }
+    o->pruned[1] = model_prune(&w, sp, ask2, nb);
     rc = fl_secagg_server_share_keys_close(w.srv);
-    if (c1 < t) {
-        *expect_ok = 0;
-        ck_assert_int_eq(rc, FL_ETHRESHOLD);
+    ck_assert_int_eq(rc, model_count(ask2, n) < t ? FL_ETHRESHOLD : 0);
+    check_info(w.srv, &o->info[1], FL_SECAGG_PHASE_SHARE_KEYS, rc, o->pruned[1],
+               model_count(ask2, n));
+    if (rc != 0) {
+        o->aborted_at = FL_SECAGG_PHASE_SHARE_KEYS;
         goto out;
     }
-    ck_assert_int_eq(rc, 0);
 
-    /* phase 2: those who drop here leave after sharing keys */
-    uint32_t c2 = 0;
+    /* phase 2: those who stop here leave after sharing keys */
     for (uint32_t i = 0; i < n; i++) {
-        if (!alive[i])
+        if (!shared[i])
             continue;
-        if (fl_rng_uniform(&rng) < sp->drop[2]) {
-            alive[i] = 0;
-            continue;
-        }
         Flotilla__MaskedInputRequest *q;
         Flotilla__MaskedInputResponse *m;
-        ck_assert_int_eq(
-            fl_secagg_server_masked_input_request(w.srv, w.ids[i], &q), 0);
-        q = wire(q);
-        int crc = fl_secagg_client_masked_input(w.cl[i], q, w.x[i], &m);
-        unwire(q);
-        if (crc != 0) {
-            ck_assert_int_eq(crc, FL_ETHRESHOLD);
-            alive[i] = 0;
+        rc = fl_secagg_server_masked_input_request(w.srv, w.ids[i], &q);
+        if (!ask2[i]) {
+            ck_assert_int_eq(rc, FL_ENOENT);
             continue;
         }
+        ck_assert_int_eq(rc, 0);
+        if (stop[i] == AT_MASKED) {
+            fl_secagg_msg_free(q);
+            continue;
+        }
+        q = wire(q);
+        ck_assert_int_eq(fl_secagg_client_masked_input(w.cl[i], q, w.x[i], &m),
+                         0);
+        unwire(q);
         m = wire(m);
         ck_assert_int_eq(
             fl_secagg_server_handle_masked_input(w.srv, w.ids[i], m), 0);
         unwire(m);
-        in_u3[i] = 1;
-        c2++;
+        input[i] = 1;
     }
     rc = fl_secagg_server_masked_input_close(w.srv);
-    if (c2 < t) {
-        *expect_ok = 0;
-        ck_assert_int_eq(rc, FL_ETHRESHOLD);
+    ck_assert_int_eq(rc,
+                     model_count(input, n) < t ||
+                             !model_recoverable(&w, sp, ask2, input, input, nb)
+                         ? FL_ETHRESHOLD
+                         : 0);
+    check_info(w.srv, &o->info[2], FL_SECAGG_PHASE_MASKED_INPUT, rc, 0,
+               model_count(input, n));
+    if (rc != 0) {
+        o->aborted_at = FL_SECAGG_PHASE_MASKED_INPUT;
         goto out;
     }
-    ck_assert_int_eq(rc, 0);
 
-    /* phase 3 */
-    uint32_t c3 = 0;
+    /* phase 3: those who stop here sent their input, then left */
     for (uint32_t i = 0; i < n; i++) {
-        if (!alive[i])
+        if (!input[i])
             continue;
-        if (fl_rng_uniform(&rng) < sp->drop[3])
-            continue; /* sent its input, then left */
         Flotilla__UnmaskingRequest *q;
         Flotilla__UnmaskingResponse *m;
         ck_assert_int_eq(
             fl_secagg_server_unmasking_request(w.srv, w.ids[i], &q), 0);
-        q = wire(q);
-        int crc = fl_secagg_client_unmask(w.cl[i], q, &m);
-        unwire(q);
-        if (crc != 0) {
-            ck_assert_int_eq(crc, FL_ETHRESHOLD);
+        if (stop[i] == AT_UNMASK) {
+            fl_secagg_msg_free(q);
             continue;
         }
+        q = wire(q);
+        ck_assert_int_eq(fl_secagg_client_unmask(w.cl[i], q, &m), 0);
+        unwire(q);
         m = wire(m);
         ck_assert_int_eq(fl_secagg_server_handle_unmasking(w.srv, w.ids[i], m),
                          0);
         unwire(m);
-        in_u4[i] = 1;
-        c3++;
-    }
-    /* would every secret be recoverable? */
-    int recoverable = c3 >= t;
-    for (uint32_t v = 0; v < n && recoverable; v++) {
-        if (!in_u2[v])
-            continue;
-        int m = fl_secagg_graph_neighbors(&w.cfg, w.ids[v], nb, n);
-        uint32_t holders = 0;
-        for (int j = 0; j < m; j++)
-            holders += in_u4[(nb[j] - 100) / 3];
-        recoverable = holders >= t;
+        unmasked[i] = 1;
     }
     rc = fl_secagg_server_unmasking_close(w.srv);
-    if (!recoverable) {
-        *expect_ok = 0;
-        ck_assert_int_eq(rc, FL_ETHRESHOLD);
+    ck_assert_int_eq(
+        rc, model_count(unmasked, n) < t ||
+                    !model_recoverable(&w, sp, ask2, input, unmasked, nb)
+                ? FL_ETHRESHOLD
+                : 0);
+    check_info(w.srv, &o->info[3], FL_SECAGG_PHASE_UNMASKING, rc, 0,
+               model_count(unmasked, n));
+    if (rc != 0) {
         ck_assert_int_eq(
             fl_secagg_server_result(w.srv, nb, sp->dim, NULL, NULL),
             FL_ETHRESHOLD);
+        o->aborted_at = FL_SECAGG_PHASE_UNMASKING;
         goto out;
     }
-    ck_assert_int_eq(rc, 0);
     unsigned K = sp->nparts ? sp->nparts : 1;
     if (sp->threads) {
         /* each stage's parts on their own threads, as a server would */
@@ -752,10 +851,10 @@ static int run_round(const spec_t *sp, int *expect_ok)
     size_t ns = 0;
     ck_assert_int_eq(fl_secagg_server_result(w.srv, sum, sp->dim, surv, &ns),
                      0);
-    ck_assert_uint_eq(ns, c2);
+    ck_assert_uint_eq(ns, model_count(input, n));
     size_t k = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (!in_u3[i])
+        if (!input[i])
             continue;
         ck_assert_uint_eq(surv[k++], w.ids[i]);
         for (size_t j = 0; j < sp->dim; j++)
@@ -766,11 +865,16 @@ static int run_round(const spec_t *sp, int *expect_ok)
     fl_free(sum);
     fl_free(expect);
     fl_free(surv);
+    o->ok = 1;
+    o->survivors = (uint32_t)ns;
 out:
-    fl_free(alive);
-    fl_free(in_u2);
-    fl_free(in_u3);
-    fl_free(in_u4);
+    fl_free(stop);
+    fl_free(adv);
+    fl_free(ask1);
+    fl_free(shared);
+    fl_free(ask2);
+    fl_free(input);
+    fl_free(unmasked);
     fl_free(nb);
     world_free(&w, n);
     return rc;
@@ -795,9 +899,9 @@ START_TEST(test_round_no_dropout)
                      .dim = 1000 + i,
                      .seed = 7 + i};
         spec_params(&sp, sp.n, 0.1);
-        int ok;
-        ck_assert_int_eq(run_round(&sp, &ok), 0);
-        ck_assert(ok);
+        outcome_t o;
+        ck_assert_int_eq(run_round(&sp, &o), 0);
+        ck_assert(o.ok);
     }
 }
 END_TEST
@@ -815,9 +919,9 @@ START_TEST(test_round_harary_parts)
                  .seed = 99,
                  .drop = {0.02, 0.02, 0.1, 0.02},
                  .nparts = 3};
-    int ok;
-    ck_assert_int_eq(run_round(&sp, &ok), 0);
-    ck_assert(ok);
+    outcome_t o;
+    ck_assert_int_eq(run_round(&sp, &o), 0);
+    ck_assert(o.ok);
     /* the same on 4 threads, over more coordinates than one tile */
     sp.threads = 1;
     sp.nparts = 4;
@@ -828,18 +932,20 @@ START_TEST(test_round_harary_parts)
     sp.threshold = 10;
     sp.prg = FLOTILLA__MASK_PRG__MASK_PRG_AES256_CTR;
     sp.r = 24;
-    ck_assert_int_eq(run_round(&sp, &ok), 0);
-    ck_assert(ok);
+    ck_assert_int_eq(run_round(&sp, &o), 0);
+    ck_assert(o.ok);
 }
 END_TEST
 
-/* Many seeds: random n, r, PRG, graph and dropouts at every phase. The
- * result is the exact sum whenever it should be, otherwise a clean
- * FL_ETHRESHOLD (checked inside run_round). */
+/* Many seeds: random n, r, PRG, graph and dropouts at every phase. At
+ * every close the server does what the model in run_round says (the same
+ * clients left out, an abort exactly when the round cannot end); no client
+ * is ever sent a request it refuses; whenever the server does not abort,
+ * the sum is exact. */
 START_TEST(test_round_property)
 {
     fl_rng_t rng;
-    int succeeded = 0, aborted = 0;
+    int succeeded = 0, aborted = 0, pruned = 0;
     fl_rng_seed(&rng, 20261121);
     for (int it = 0; it < 40; it++) {
         spec_t sp = {0};
@@ -858,16 +964,206 @@ START_TEST(test_round_property)
         if (sp.graph == FLOTILLA__GRAPH_KIND__GRAPH_COMPLETE &&
             fl_rng_below(&rng, 2))
             sp.threshold = 2 + (uint32_t)fl_rng_below(&rng, sp.n - 2);
-        int ok, rc = run_round(&sp, &ok);
-        if (ok) {
+        outcome_t o;
+        int rc = run_round(&sp, &o);
+        if (o.ok) {
             ck_assert_int_eq(rc, 0);
             succeeded++;
         } else {
+            ck_assert_int_eq(rc, FL_ETHRESHOLD);
             aborted++;
         }
+        pruned += o.pruned[0] + o.pruned[1] > 0;
     }
     ck_assert_int_gt(succeeded, 10);
     ck_assert_int_gt(aborted, 0);
+    ck_assert_int_gt(pruned, 0);
+}
+END_TEST
+
+/* The graph of a spec as world_init builds it (ids 100 + 3i). */
+static void spec_graph(const spec_t *sp, Flotilla__SecAggConfig *c,
+                       uint32_t *ids)
+{
+    flotilla__sec_agg_config__init(c);
+    c->threshold = sp->threshold;
+    c->degree = sp->degree;
+    c->ring_bits = sp->r;
+    c->prg = sp->prg;
+    c->graph = sp->graph;
+    c->graph_seed = sp->seed * 31 + 5;
+    for (uint32_t i = 0; i < sp->n; i++)
+        ids[i] = 100 + 3 * i;
+    c->n_participants = sp->n;
+    c->participants = ids;
+}
+
+static void describe_has(const fl_secagg_close_info_t *info, const char *want)
+{
+    char line[256];
+    fl_secagg_close_info_describe(info, line, sizeof line);
+    ck_assert_msg(strstr(line, want) != NULL, "'%s' lacks '%s'", line, want);
+}
+
+/* Cohort 3, t = 2 on the complete graph: after one advertise dropout each
+ * survivor has 1 neighbour's key, fewer than the t it needs to share
+ * (shares go to neighbours only), so both would refuse. The server ends
+ * the round at the advertise close, naming a client and its count, and
+ * asks no one to share. With one more client the same dropout leaves 2
+ * neighbours each and the round ends with the exact sum of the others. */
+START_TEST(test_round_small_cohort_advertise_dropout)
+{
+    uint8_t stop[4] = {AT_ADVERTISE, AT_END, AT_END, AT_END};
+    spec_t sp = {.n = 3,
+                 .r = 16,
+                 .graph = FLOTILLA__GRAPH_KIND__GRAPH_COMPLETE,
+                 .degree = 2,
+                 .threshold = 2,
+                 .dim = 300,
+                 .seed = 31,
+                 .stop = stop};
+    outcome_t o;
+    ck_assert_int_eq(run_round(&sp, &o), FL_ETHRESHOLD);
+    ck_assert_int_eq(o.aborted_at, FL_SECAGG_PHASE_ADVERTISE);
+    ck_assert_uint_eq(o.pruned[0], 2);
+    ck_assert_int_eq(o.info[0].why, FL_SECAGG_SHORT_NEIGHBOURS);
+    ck_assert_uint_eq(o.info[0].have, 1);
+    ck_assert_uint_eq(o.info[0].need, 2);
+    ck_assert(o.info[0].client == 103 || o.info[0].client == 106);
+    describe_has(&o.info[0], "of t = 2 live neighbours");
+
+    sp.n = 4;
+    sp.degree = 3;
+    ck_assert_int_eq(run_round(&sp, &o), 0);
+    ck_assert(o.ok);
+    ck_assert_uint_eq(o.pruned[0], 0);
+    ck_assert_uint_eq(o.survivors, 3);
+    /* t = 3 of 3 neighbours: the same dropout cannot be survived */
+    sp.threshold = 3;
+    ck_assert_int_eq(run_round(&sp, &o), FL_ETHRESHOLD);
+    ck_assert_int_eq(o.aborted_at, FL_SECAGG_PHASE_ADVERTISE);
+    ck_assert_uint_eq(o.info[0].have, 2);
+}
+END_TEST
+
+/* A Harary graph (n = 12, k = 4, t = 2) where three of client x's four
+ * neighbours drop, before advertising or while sharing keys. x is left
+ * with one live neighbour y and would refuse: the server leaves x out
+ * (FL_ENOENT, checked in run_round) and the round ends with the exact sum
+ * of the 8 others. y is chosen with a single neighbour in common with x,
+ * so y keeps t live neighbours and nothing cascades. Left in, x would have
+ * refused its masked input and, sharing its key with y alone, made the
+ * unmasking fail. */
+START_TEST(test_round_harary_thin_neighbourhood)
+{
+    spec_t sp = {.n = 12,
+                 .r = 20,
+                 .prg = FLOTILLA__MASK_PRG__MASK_PRG_CHACHA20,
+                 .graph = FLOTILLA__GRAPH_KIND__GRAPH_HARARY,
+                 .degree = 4,
+                 .threshold = 2,
+                 .dim = 777,
+                 .seed = 77,
+                 .nparts = 2};
+    Flotilla__SecAggConfig c;
+    uint32_t ids[12], nx[4], ny[4];
+    spec_graph(&sp, &c, ids);
+    ck_assert_int_eq(fl_secagg_graph_neighbors(&c, ids[0], nx, 4), 4);
+    int y = -1;
+    for (int j = 0; j < 4 && y < 0; j++) {
+        ck_assert_int_eq(fl_secagg_graph_neighbors(&c, nx[j], ny, 4), 4);
+        int common = 0;
+        for (int a = 0; a < 4; a++)
+            for (int b = 0; b < 4; b++)
+                common += ny[a] == nx[b];
+        if (common == 1)
+            y = j;
+    }
+    ck_assert_int_ge(y, 0);
+    for (int at = AT_ADVERTISE; at <= AT_SHARE; at++) {
+        uint8_t stop[12];
+        memset(stop, AT_END, sizeof stop);
+        for (int j = 0; j < 4; j++)
+            if (j != y)
+                stop[(nx[j] - 100) / 3] = (uint8_t)at;
+        sp.stop = stop;
+        outcome_t o;
+        ck_assert_int_eq(run_round(&sp, &o), 0);
+        ck_assert(o.ok);
+        ck_assert_uint_eq(o.survivors, 8);
+        const fl_secagg_close_info_t *in = &o.info[at];
+        ck_assert_uint_eq(o.pruned[at], 1);
+        ck_assert_uint_eq(o.pruned[1 - at], 0);
+        ck_assert_int_eq(in->rc, 0);
+        ck_assert_uint_eq(in->client, ids[0]);
+        ck_assert_uint_eq(in->have, 1);
+        ck_assert_uint_eq(in->remaining, 8);
+        describe_has(in, "1 client left out (fewer than t = 2 live "
+                         "neighbours), 8 go on");
+    }
+}
+END_TEST
+
+/* Rounds that truly cannot end stop at the close where that becomes
+ * certain, with the reason. */
+START_TEST(test_round_cannot_complete)
+{
+    /* complete graph, n = 5, t = 3: two leave after sharing keys; each of
+     * the three inputs has 2 holders of its self-mask seed, never 3. The
+     * clients alone would still have answered the unmasking (2 surviving
+     * neighbours + themselves = t) and failed there. */
+    uint8_t stop[8] = {AT_END, AT_END, AT_END, AT_MASKED, AT_MASKED};
+    spec_t sp = {.n = 5,
+                 .r = 12,
+                 .graph = FLOTILLA__GRAPH_KIND__GRAPH_COMPLETE,
+                 .degree = 4,
+                 .threshold = 3,
+                 .dim = 100,
+                 .seed = 5,
+                 .stop = stop};
+    outcome_t o;
+    ck_assert_int_eq(run_round(&sp, &o), FL_ETHRESHOLD);
+    ck_assert_int_eq(o.aborted_at, FL_SECAGG_PHASE_MASKED_INPUT);
+    ck_assert_int_eq(o.info[2].why, FL_SECAGG_SHORT_SELF_MASK);
+    ck_assert_uint_eq(o.info[2].client, 100);
+    ck_assert_uint_eq(o.info[2].have, 2);
+    describe_has(&o.info[2], "masked input: the self-mask seed of survivor "
+                             "100 has 2 of t = 3 holders left");
+
+    /* one survivor does not answer the unmasking: the others' self-mask
+     * seeds have 2 holders left */
+    memcpy(stop, (uint8_t[]){AT_END, AT_END, AT_UNMASK, AT_END, AT_MASKED}, 5);
+    ck_assert_int_eq(run_round(&sp, &o), FL_ETHRESHOLD);
+    ck_assert_int_eq(o.aborted_at, FL_SECAGG_PHASE_UNMASKING);
+    ck_assert_int_eq(o.info[3].why, FL_SECAGG_SHORT_SELF_MASK);
+    ck_assert_uint_eq(o.info[3].have, 2);
+
+    /* Harary n = 12, k = 4, t = 3: half the clients never advertise, every
+     * other one on the ring; those left have at most 2 live neighbours */
+    spec_t hs = {.n = 12,
+                 .r = 8,
+                 .graph = FLOTILLA__GRAPH_KIND__GRAPH_HARARY,
+                 .degree = 4,
+                 .threshold = 3,
+                 .dim = 50,
+                 .seed = 8};
+    Flotilla__SecAggConfig c;
+    uint32_t ids[12], nb[4];
+    uint8_t hstop[12];
+    memset(hstop, AT_END, sizeof hstop);
+    spec_graph(&hs, &c, ids);
+    uint32_t cur = ids[0];
+    for (int step = 0; step < 6; step++) { /* walk the ring two at a time */
+        ck_assert_int_eq(fl_secagg_graph_neighbors(&c, cur, nb, 4), 4);
+        hstop[(nb[0] - 100) / 3] = AT_ADVERTISE; /* next on the ring */
+        cur = nb[1];                             /* the one after */
+    }
+    hs.stop = hstop;
+    ck_assert_int_eq(run_round(&hs, &o), FL_ETHRESHOLD);
+    ck_assert_int_eq(o.aborted_at, FL_SECAGG_PHASE_ADVERTISE);
+    ck_assert_uint_eq(o.pruned[0], 6);
+    ck_assert_uint_eq(o.info[0].have, 2);
+    describe_has(&o.info[0], "advertise: 6 clients left out");
 }
 END_TEST
 
@@ -1299,6 +1595,9 @@ Suite *check_secagg_suite(void)
     tcase_add_test(tc, test_round_no_dropout);
     tcase_add_test(tc, test_round_harary_parts);
     tcase_add_test(tc, test_round_property);
+    tcase_add_test(tc, test_round_small_cohort_advertise_dropout);
+    tcase_add_test(tc, test_round_harary_thin_neighbourhood);
+    tcase_add_test(tc, test_round_cannot_complete);
     suite_add_tcase(s, tc);
     tc = tcase_create("hostile");
     tcase_add_test(tc, test_hostile_advertise);
