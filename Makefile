@@ -38,7 +38,11 @@ ifneq ($(CROSS),)
 CC := $(CROSS)-gcc
 BUILD := $(BUILD)/$(CROSS)
 PKG_CONFIG := PKG_CONFIG_LIBDIR=/usr/lib/$(CROSS)/pkgconfig:/usr/share/pkgconfig pkg-config
-TEST_EXEC := qemu-$(firstword $(subst -, ,$(CROSS))) -L /usr/$(CROSS)
+# The tests load the multiarch libraries (libc6:arm64 and friends, under /):
+# qemu's -L /usr/$(CROSS) would pair the cross toolchain's dynamic loader
+# with the multiarch libc, two builds of glibc that deadlock at the first
+# fork or thread.
+TEST_EXEC := qemu-$(firstword $(subst -, ,$(CROSS))) -L /
 CROSS_DEBARCH := $(if $(filter aarch64-%,$(CROSS)),arm64,$(firstword $(subst -, ,$(CROSS))))
 endif
 # The target machine, for per-architecture kernels in the modules.

@@ -650,14 +650,14 @@ START_TEST(test_python_nacl_verifies)
                      0);
     /* flotilla verify on the publishing root checks its current version. */
     char bin[PATH_MAX];
-    fl_test_buildpath(bin, sizeof bin, "flotilla");
-    ck_assert_int_eq(fl_test_system("'%s' verify --pub '%s' '%s' >/dev/null",
+    fl_test_flotilla(bin, sizeof bin);
+    ck_assert_int_eq(fl_test_system("%s verify --pub '%s' '%s' >/dev/null",
                                     bin, pub, f.root),
                      0);
     char p[PATH_MAX + 32];
     P(p, "%s/model.q8", v);
     flip(p, 3);
-    ck_assert_int_eq(fl_test_system("'%s' verify --pub '%s' '%s' 2>/dev/null",
+    ck_assert_int_eq(fl_test_system("%s verify --pub '%s' '%s' 2>/dev/null",
                                     bin, pub, f.root),
                      1);
     fixture_free(&f);
@@ -670,24 +670,24 @@ START_TEST(test_cli_keygen_sign_verify)
 {
     char dir[PATH_MAX], bin[PATH_MAX];
     fl_test_tmpdir(dir, sizeof dir);
-    fl_test_buildpath(bin, sizeof bin, "flotilla");
+    fl_test_flotilla(bin, sizeof bin);
     ck_assert_int_eq(
-        fl_test_system("cd '%s' && '%s' keygen --out srv >/dev/null && "
+        fl_test_system("cd '%s' && %s keygen --out srv >/dev/null && "
                        "mkdir v && head -c 3000 /dev/urandom > v/model.bin && "
                        "echo q8 > v/model.q8",
                        dir, bin),
         0);
     /* Keys are not overwritten. */
-    ck_assert_int_eq(fl_test_system("cd '%s' && '%s' keygen --out srv "
+    ck_assert_int_eq(fl_test_system("cd '%s' && %s keygen --out srv "
                                     "2>/dev/null",
                                     dir, bin),
                      1);
-    ck_assert_int_eq(fl_test_system("cd '%s' && '%s' sign --key srv.key "
+    ck_assert_int_eq(fl_test_system("cd '%s' && %s sign --key srv.key "
                                     "--version 4 --round 9 --epsilon 2.5 "
                                     "--delta 1e-5 v >/dev/null",
                                     dir, bin),
                      0);
-    ck_assert_int_eq(fl_test_system("cd '%s' && '%s' verify --pub srv.pub v "
+    ck_assert_int_eq(fl_test_system("cd '%s' && %s verify --pub srv.pub v "
                                     ">/dev/null",
                                     dir, bin),
                      0);
@@ -708,16 +708,16 @@ START_TEST(test_cli_keygen_sign_verify)
     char p[PATH_MAX + 32];
     P(p, "%s/v/model.bin", dir);
     flip(p, 100);
-    ck_assert_int_eq(fl_test_system("cd '%s' && '%s' verify --pub srv.pub v "
+    ck_assert_int_eq(fl_test_system("cd '%s' && %s verify --pub srv.pub v "
                                     "2>/dev/null",
                                     dir, bin),
                      1);
-    ck_assert_int_eq(fl_test_system("cd '%s' && '%s' sign --key srv.key v "
+    ck_assert_int_eq(fl_test_system("cd '%s' && %s sign --key srv.key v "
                                     "2>/dev/null",
                                     dir, bin),
                      1);
     ck_assert_int_eq(
-        fl_test_system("cd '%s' && '%s' verify v 2>/dev/null", dir, bin), 2);
+        fl_test_system("cd '%s' && %s verify v 2>/dev/null", dir, bin), 2);
     fl_test_rmtree(dir);
 }
 END_TEST

@@ -641,10 +641,10 @@ END_TEST
 static json_t *run_json(const char *args)
 {
     char bin[PATH_MAX], dir[PATH_MAX], out[PATH_MAX + 16];
-    fl_test_buildpath(bin, sizeof bin, "flotilla");
+    fl_test_flotilla(bin, sizeof bin);
     fl_test_tmpdir(dir, sizeof dir);
     snprintf(out, sizeof out, "%s/out.json", dir);
-    int st = fl_test_system("'%s' privacy %s > '%s'", bin, args, out);
+    int st = fl_test_system("%s privacy %s > '%s'", bin, args, out);
     ck_assert_int_eq(st, 0);
     json_error_t err;
     json_t *j = json_load_file(out, 0, &err);
@@ -667,14 +667,14 @@ START_TEST(test_cli_privacy)
     ck_assert_rel(z, 1.0, 1e-3);
     json_decref(j);
     char bin[PATH_MAX];
-    fl_test_buildpath(bin, sizeof bin, "flotilla");
+    fl_test_flotilla(bin, sizeof bin);
     /* Usage errors exit 2. */
-    ck_assert_int_eq(fl_test_system("'%s' privacy --q 2 --noise 1 --rounds 1 "
+    ck_assert_int_eq(fl_test_system("%s privacy --q 2 --noise 1 --rounds 1 "
                                     "--delta 1e-5 2>/dev/null",
                                     bin),
                      2);
     ck_assert_int_eq(
-        fl_test_system("'%s' privacy --q 0.01 --rounds 1 2>/dev/null", bin), 2);
+        fl_test_system("%s privacy --q 0.01 --rounds 1 2>/dev/null", bin), 2);
 }
 END_TEST
 

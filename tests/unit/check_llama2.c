@@ -264,7 +264,7 @@ START_TEST(test_cli_import)
 {
     char bin[512], tp[512], out[512];
     fl_tokenizer_t *bytes = NULL;
-    fl_test_buildpath(bin, sizeof bin, "flotilla");
+    fl_test_flotilla(bin, sizeof bin);
     snprintf(tp, sizeof tp, "%s/tok-in.bin", g_dir);
     snprintf(out, sizeof out, "%s/out/model.bin", g_dir);
     ck_assert_int_eq(fl_tokenizer_new_bytes(&bytes), 0);

@@ -1252,18 +1252,30 @@ END_TEST
 
 static pid_t spawn_server(const char *dir, int mport, const char *log)
 {
-    char bin[1024], port[16];
-    fl_test_buildpath(bin, sizeof bin, "flotilla");
+    char port[16];
     snprintf(port, sizeof port, "%d", mport);
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
         FILE *f = freopen(log, "w", stderr);
         (void)f;
-        execl(bin, bin, "server", "--state", dir, "--transport", "tcp",
-              "--listen", "127.0.0.1", "--port", "0", "--metrics-listen",
-              "127.0.0.1", "--metrics-port", port, "--round-interval-ms", "50",
-              (char *)NULL);
+        char *const args[] = {"server",
+                              "--state",
+                              (char *)dir,
+                              "--transport",
+                              "tcp",
+                              "--listen",
+                              "127.0.0.1",
+                              "--port",
+                              "0",
+                              "--metrics-listen",
+                              "127.0.0.1",
+                              "--metrics-port",
+                              port,
+                              "--round-interval-ms",
+                              "50",
+                              NULL};
+        fl_test_exec_flotilla(args);
         _exit(127);
     }
     return pid;
@@ -1325,7 +1337,7 @@ START_TEST(test_process_metrics_sighup_sigterm)
 
     /* Enroll with the CLI while it runs; SIGHUP makes it count. */
     char bin[1024];
-    fl_test_buildpath(bin, sizeof bin, "flotilla");
+    fl_test_flotilla(bin, sizeof bin);
     ck_assert_int_eq(
         fl_test_system("%s server enroll --state %s --name pi-1 "
                        "00112233445566778899aabbccddeeff00112233445566778899"
@@ -1379,7 +1391,7 @@ START_TEST(test_cli_enrol)
 {
     char dir[256], bin[1024], key[300];
     fl_test_tmpdir(dir, sizeof dir);
-    fl_test_buildpath(bin, sizeof bin, "flotilla");
+    fl_test_flotilla(bin, sizeof bin);
     const char *hex =
         "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
     snprintf(key, sizeof key, "%s/dev.pub", dir);
@@ -2043,14 +2055,13 @@ static void wait_port(int port)
 
 static pid_t spawn_config(const char *ini, const char *log)
 {
-    char bin[1024];
-    fl_test_buildpath(bin, sizeof bin, "flotilla");
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
         FILE *f = freopen(log, "a", stderr);
         (void)f;
-        execl(bin, bin, "server", "--config", ini, (char *)NULL);
+        char *const args[] = {"server", "--config", (char *)ini, NULL};
+        fl_test_exec_flotilla(args);
         _exit(127);
     }
     return pid;

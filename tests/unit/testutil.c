@@ -30,9 +30,33 @@ const char *fl_test_buildpath(char *out, size_t outlen, const char *rel)
 const char *fl_test_flotilla(char *out, size_t outlen)
 {
     const char *w = getenv("FL_EXEC_WRAPPER");
-    snprintf(out, outlen, "%s%s%s/flotilla", (w && *w) ? w : "",
+    snprintf(out, outlen, "%s%s'%s/flotilla'", (w && *w) ? w : "",
              (w && *w) ? " " : "", env_or("FL_BUILD", "build"));
     return out;
+}
+
+void fl_test_exec_flotilla(char *const args[])
+{
+    char wrap[512] = "", bin[1024], *argv[64];
+    int n = 0;
+    const char *w = getenv("FL_EXEC_WRAPPER");
+    char *save = NULL;
+    snprintf(wrap, sizeof wrap, "%s", w ? w : "");
+    for (char *t = strtok_r(wrap, " ", &save); t && n < 16;
+         t = strtok_r(NULL, " ", &save))
+        argv[n++] = t;
+    snprintf(bin, sizeof bin, "%s/flotilla", env_or("FL_BUILD", "build"));
+    argv[n++] = bin;
+    for (int i = 0; args[i] && n < 63; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    execvp(argv[0], argv);
+}
+
+int fl_test_emulated(void)
+{
+    const char *w = getenv("FL_EXEC_WRAPPER");
+    return w && *w;
 }
 
 const char *fl_test_python(void)

@@ -17,10 +17,17 @@
 const char *fl_test_srcpath(char *out, size_t outlen, const char *rel);
 const char *fl_test_buildpath(char *out, size_t outlen, const char *rel);
 const char *fl_test_python(void);
-/* The command that runs the flotilla binary: "<wrapper> <build>/flotilla",
- * where the wrapper (FL_EXEC_WRAPPER, e.g. qemu for cross builds) may be
- * empty. */
+/* The shell command that runs the flotilla binary:
+ * "<wrapper> '<build>/flotilla'", where the wrapper (FL_EXEC_WRAPPER, e.g.
+ * qemu for cross builds) may be empty. Use it unquoted. */
 const char *fl_test_flotilla(char *out, size_t outlen);
+/* Replaces the process with flotilla (under the wrapper, if any) and the
+ * NULL-terminated args; returns only when exec fails. */
+void fl_test_exec_flotilla(char *const args[]);
+/* 1 when the tests run under an emulator (FL_EXEC_WRAPPER set, as in
+ * cross builds under qemu-user): suites that train models or run many
+ * rounds then use smaller sizes, with the same assertions. */
+int fl_test_emulated(void);
 /* Creates a fresh temporary directory; out receives its path. */
 void fl_test_tmpdir(char *out, size_t outlen);
 /* rm -rf, for a directory made by fl_test_tmpdir. */
