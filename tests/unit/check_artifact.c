@@ -651,8 +651,8 @@ START_TEST(test_python_nacl_verifies)
     /* flotilla verify on the publishing root checks its current version. */
     char bin[PATH_MAX];
     fl_test_flotilla(bin, sizeof bin);
-    ck_assert_int_eq(fl_test_system("%s verify --pub '%s' '%s' >/dev/null",
-                                    bin, pub, f.root),
+    ck_assert_int_eq(fl_test_system("%s verify --pub '%s' '%s' >/dev/null", bin,
+                                    pub, f.root),
                      0);
     char p[PATH_MAX + 32];
     P(p, "%s/model.q8", v);

@@ -1259,22 +1259,14 @@ static pid_t spawn_server(const char *dir, int mport, const char *log)
     if (pid == 0) {
         FILE *f = freopen(log, "w", stderr);
         (void)f;
-        char *const args[] = {"server",
-                              "--state",
-                              (char *)dir,
-                              "--transport",
-                              "tcp",
-                              "--listen",
-                              "127.0.0.1",
-                              "--port",
-                              "0",
-                              "--metrics-listen",
-                              "127.0.0.1",
-                              "--metrics-port",
-                              port,
-                              "--round-interval-ms",
-                              "50",
-                              NULL};
+        char *const args[] = {"server",    "--state",
+                              (char *)dir, "--transport",
+                              "tcp",       "--listen",
+                              "127.0.0.1", "--port",
+                              "0",         "--metrics-listen",
+                              "127.0.0.1", "--metrics-port",
+                              port,        "--round-interval-ms",
+                              "50",        NULL};
         fl_test_exec_flotilla(args);
         _exit(127);
     }
