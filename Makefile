@@ -37,7 +37,8 @@ comma := ,
 ifneq ($(CROSS),)
 CC := $(CROSS)-gcc
 BUILD := $(BUILD)/$(CROSS)
-PKG_CONFIG := PKG_CONFIG_LIBDIR=/usr/lib/$(CROSS)/pkgconfig:/usr/share/pkgconfig pkg-config
+# (override: debhelper names a <triplet>-pkg-config that Debian 12 lacks)
+override PKG_CONFIG := PKG_CONFIG_LIBDIR=/usr/lib/$(CROSS)/pkgconfig:/usr/share/pkgconfig pkg-config
 # The tests load the multiarch libraries (libc6:arm64 and friends, under /):
 # qemu's -L /usr/$(CROSS) would pair the cross toolchain's dynamic loader
 # with the multiarch libc, two builds of glibc that deadlock at the first

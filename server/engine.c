@@ -172,6 +172,18 @@ static int eng_close(void *round_ctx, int phase)
     }
 }
 
+static void eng_describe_close(void *round_ctx, char *buf, size_t len)
+{
+    eround_t *er = round_ctx;
+    fl_secagg_close_info_t info;
+    if (len)
+        buf[0] = '\0';
+    if (!er->secagg || !er->sa)
+        return;
+    fl_secagg_server_close_info(er->sa, &info);
+    fl_secagg_close_info_describe(&info, buf, len);
+}
+
 static int eng_request(void *round_ctx, int phase, uint32_t id,
                        fl_envelope_t *e)
 {
@@ -481,6 +493,7 @@ const fl_server_engine_t fl_server_engine_default = {
     .begin = eng_begin,
     .handle = eng_handle,
     .close = eng_close,
+    .describe_close = eng_describe_close,
     .request = eng_request,
     .request_done = eng_request_done,
     .parallel = eng_parallel,

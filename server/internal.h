@@ -92,6 +92,9 @@ typedef struct {
      * survivor answered or the deadline passed. FL_ETHRESHOLD aborts the
      * round (too few left); another error aborts it as internal. */
     int (*close)(void *round_ctx, int phase);
+    /* Optional, loop thread: how the last close went, in words (which
+     * device lacked neighbours or holders); for the log. */
+    void (*describe_close)(void *round_ctx, char *buf, size_t len);
     /* Loop thread: the request for client id in the phase that just
      * opened, as the body of *e (set body_case and the pointer). The body
      * stays the engine's; request_done(round_ctx, e) is called after it is

@@ -732,8 +732,14 @@ static void advance(fl_server_round_t *r)
         if (crc == FL_ETHRESHOLD) {
             /* Enough devices, but the neighbour graph is too thin where it
              * counts: say so rather than "0 devices left". */
-            char why[256];
+            char why[256], detail[256] = "";
             secagg_shortfall(r, ph, left, why, sizeof why);
+            if (r->s->engine->describe_close) {
+                r->s->engine->describe_close(r->ectx, detail, sizeof detail);
+                if (detail[0])
+                    FL_WARN("round %llu: %s", (unsigned long long)r->round,
+                            detail);
+            }
             abort_round(r, FLOTILLA__ABORT_REASON__ABORT_TOO_FEW_CLIENTS, why);
             return;
         } else if (crc < 0) {
