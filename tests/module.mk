@@ -36,6 +36,7 @@ $(TEST_BIN): $(TEST_OBJS) $(LIB)
 TEST_ENV := FL_BUILD=$(abspath $(BUILD)) FL_SRCDIR=$(CURDIR) FL_PYTHON=$(PYTHON) \
             OPENBLAS_NUM_THREADS=1 \
             FL_EXEC_WRAPPER="$(TEST_EXEC)" \
+            $(if $(CROSS),CK_TIMEOUT_MULTIPLIER=$${CK_TIMEOUT_MULTIPLIER:-3}) \
             CK_DEFAULT_TIMEOUT=$${CK_DEFAULT_TIMEOUT:-600} \
             ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
             UBSAN_OPTIONS=$${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
