@@ -225,6 +225,9 @@ int fl_file_write_atomic(const char *path, const void *data, size_t len,
 /* Reads a whole file of at most max bytes into *out (returned owned, one
  * extra NUL byte after the data). FL_ETOOBIG when larger. */
 int fl_file_read_all(const char *path, size_t max, uint8_t **out, size_t *len);
+/* The same from an open descriptor (not closed): a regular file only
+ * (FL_EINVAL otherwise), read from its current offset. */
+int fl_file_read_fd(int fd, size_t max, uint8_t **out, size_t *len);
 /* fsyncs a directory. */
 int fl_dir_sync(const char *path);
 /* mkdir -p with the given mode for the directories it creates. */

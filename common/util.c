@@ -156,52 +156,50 @@ int fl_file_write_atomic(const char *path, const void *data, size_t len,
     return fl_dir_sync(dir);
 }
 
-int fl_file_read_all(const char *path, size_t max, uint8_t **out, size_t *len)
+int fl_file_read_fd(int fd, size_t max, uint8_t **out, size_t *len)
 {
     int rc = 0;
     uint8_t *buf = NULL;
+    struct stat st;
     *out = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (fstat(fd, &st) < 0)
         return fl_err_from_errno(errno);
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        rc = fl_err_from_errno(errno);
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = FL_EINVAL;
-        goto out;
-    }
-    if ((uint64_t)st.st_size > max) {
-        rc = FL_ETOOBIG;
-        goto out;
-    }
+    if (!S_ISREG(st.st_mode))
+        return FL_EINVAL;
+    if ((uint64_t)st.st_size > max)
+        return FL_ETOOBIG;
     size_t size = (size_t)st.st_size, got = 0;
     buf = fl_malloc(size + 1);
-    if (!buf) {
-        rc = FL_ENOMEM;
-        goto out;
-    }
+    if (!buf)
+        return FL_ENOMEM;
     while (got < size) {
         ssize_t r = read(fd, buf + got, size - got);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
             rc = fl_err_from_errno(errno);
-            goto out;
+            fl_free(buf);
+            return rc;
         }
         if (r == 0)
-            break; /* the file shrank */
+            break; /* the file shrank: take what is there */
         got += (size_t)r;
     }
     buf[got] = 0;
     *out = buf;
     *len = got;
-    buf = NULL;
-out:
-    fl_free(buf);
+    return 0;
+}
+
+int fl_file_read_all(const char *path, size_t max, uint8_t **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fl_err_from_errno(errno);
+    int rc = fl_file_read_fd(fd, max, out, len);
     close(fd);
     return rc;
 }

@@ -102,55 +102,17 @@ static int read_file(const char *dir, const char *name, size_t budget,
                      uint8_t **out, size_t *len)
 {
     char path[4096];
-    int rc, fd = -1;
-    uint8_t *buf = NULL;
-    struct stat st;
-
+    int rc;
     *out = NULL;
     *len = 0;
     if (strchr(name, '/'))
         return FL_EINVAL;
     if ((rc = fl_path_join(path, sizeof path, dir, name)) != 0)
         return rc;
-    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return fl_err_from_errno(errno);
-    if (fstat(fd, &st) != 0) {
-        rc = fl_err_from_errno(errno);
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = FL_EINVAL;
-        goto out;
-    }
-    if ((uint64_t)st.st_size > budget) {
-        rc = FL_ETOOBIG;
-        goto out;
-    }
-    size_t size = (size_t)st.st_size, got = 0;
-    buf = fl_malloc(size + 1);
-    if (!buf) {
-        rc = FL_ENOMEM;
-        goto out;
-    }
-    while (got < size) {
-        ssize_t r = read(fd, buf + got, size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            rc = fl_err_from_errno(errno);
-            goto out;
-        }
-        if (r == 0)
-            break; /* shrank meanwhile: take what is there */
-        got += (size_t)r;
-    }
-    buf[got] = 0;
-    *out = buf;
-    *len = got;
-    buf = NULL;
-out:
-    fl_free(buf);
+    rc = fl_file_read_fd(fd, budget, out, len);
     close(fd);
     return rc;
 }
