@@ -12,5 +12,7 @@ int fl_artifact__name_ok(const char *name);
 /* SHA-256 of everything readable from fd (from its current offset);
  * *size (may be NULL) receives the byte count. */
 int fl_artifact__sha256_fd(int fd, uint8_t *out, uint64_t *size);
+/* The same, writing every byte read to dst as well (dst < 0: nowhere). */
+int fl_artifact__sha256_copy_fd(int fd, int dst, uint8_t *out, uint64_t *size);
 
 #endif

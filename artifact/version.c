@@ -8,7 +8,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -425,10 +424,7 @@ out:
 static int put_file(int dfd, const fl_artifact_input_t *in,
                     fl_artifact_file_t *f)
 {
-    enum { CHUNK = 1 << 16 };
     int rc = 0, src = -1;
-    uint8_t *buf = NULL;
-    EVP_MD_CTX *ctx = NULL;
     int fd =
         openat(dfd, in->name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0)
@@ -440,7 +436,6 @@ static int put_file(int dfd, const fl_artifact_input_t *in,
             rc = write_full(fd, in->data, in->len);
         f->size = in->len;
     } else {
-        unsigned int n = 0;
         struct stat st;
         f->size = 0;
         src = open(in->path, O_RDONLY | O_CLOEXEC);
@@ -452,36 +447,7 @@ static int put_file(int dfd, const fl_artifact_input_t *in,
             rc = FL_EINVAL;
             goto out;
         }
-        buf = fl_malloc(CHUNK);
-        ctx = EVP_MD_CTX_new();
-        if (!buf || !ctx) {
-            rc = FL_ENOMEM;
-            goto out;
-        }
-        if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
-            rc = FL_ECRYPTO;
-            goto out;
-        }
-        for (;;) {
-            ssize_t r = read(src, buf, CHUNK);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r < 0) {
-                rc = fl_err_from_errno(errno);
-                goto out;
-            }
-            if (r == 0)
-                break;
-            if (EVP_DigestUpdate(ctx, buf, (size_t)r) != 1) {
-                rc = FL_ECRYPTO;
-                goto out;
-            }
-            if ((rc = write_full(fd, buf, (size_t)r)) < 0)
-                goto out;
-            f->size += (uint64_t)r;
-        }
-        if (EVP_DigestFinal_ex(ctx, f->sha256, &n) != 1)
-            rc = FL_ECRYPTO;
+        rc = fl_artifact__sha256_copy_fd(src, fd, f->sha256, &f->size);
     }
     if (rc == 0 && fsync(fd) < 0)
         rc = fl_err_from_errno(errno);
@@ -490,8 +456,6 @@ out:
         rc = fl_err_from_errno(errno);
     if (src >= 0)
         close(src);
-    EVP_MD_CTX_free(ctx);
-    fl_free(buf);
     return rc;
 }
 
