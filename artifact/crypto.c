@@ -25,20 +25,6 @@ int fl_artifact_sha256(const void *data, size_t len,
     return 0;
 }
 
-static int write_full(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return fl_err_from_errno(errno);
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 int fl_artifact__sha256_fd(int fd, uint8_t *out, uint64_t *size)
 {
     return fl_artifact__sha256_copy_fd(fd, -1, out, size);
@@ -74,7 +60,7 @@ int fl_artifact__sha256_copy_fd(int fd, int dst, uint8_t *out, uint64_t *size)
             rc = FL_ECRYPTO;
             goto out;
         }
-        if (dst >= 0 && (rc = write_full(dst, buf, (size_t)r)) < 0)
+        if (dst >= 0 && (rc = fl_fd_write_all(dst, buf, (size_t)r)) < 0)
             goto out;
         total += (uint64_t)r;
     }

@@ -31,20 +31,6 @@ static int join(char *out, const char *a, const char *b)
     return fl_path_join(out, PATH_MAX, a, b);
 }
 
-static int write_full(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return fl_err_from_errno(errno);
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* ---- checking files against a manifest ---- */
 
 static int check_files(const char *dir, const fl_artifact_manifest_t *m,
@@ -433,7 +419,7 @@ static int put_file(int dfd, const fl_artifact_input_t *in,
     if (!in->path) {
         rc = fl_artifact_sha256(in->data, in->len, f->sha256);
         if (rc == 0)
-            rc = write_full(fd, in->data, in->len);
+            rc = fl_fd_write_all(fd, in->data, in->len);
         f->size = in->len;
     } else {
         struct stat st;

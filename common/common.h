@@ -222,6 +222,8 @@ int fl_hex_decode(uint8_t *out, size_t n, const char *in, size_t inlen);
  * rename over the target, fsync of the directory. mode e.g. 0644. */
 int fl_file_write_atomic(const char *path, const void *data, size_t len,
                          unsigned mode);
+/* Writes all n bytes to fd, retrying after EINTR and short writes. */
+int fl_fd_write_all(int fd, const void *data, size_t n);
 /* Reads a whole file of at most max bytes into *out (returned owned, one
  * extra NUL byte after the data). FL_ETOOBIG when larger. */
 int fl_file_read_all(const char *path, size_t max, uint8_t **out, size_t *len);

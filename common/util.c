@@ -104,8 +104,9 @@ int fl_mkdir_p(const char *path, unsigned mode)
     return 0;
 }
 
-static int write_full(int fd, const uint8_t *p, size_t n)
+int fl_fd_write_all(int fd, const void *data, size_t n)
 {
+    const uint8_t *p = data;
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0) {
@@ -134,7 +135,7 @@ int fl_file_write_atomic(const char *path, const void *data, size_t len,
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
     if (fd < 0)
         return fl_err_from_errno(errno);
-    rc = write_full(fd, data, len);
+    rc = fl_fd_write_all(fd, data, len);
     if (rc == 0 && fsync(fd) < 0)
         rc = fl_err_from_errno(errno);
     if (close(fd) < 0 && rc == 0)
