@@ -336,12 +336,19 @@ static fl_net_conn_t *start_client(env_t *e, side_t *s, int port,
 
 /* ---- raw sockets: peers that misbehave ---- */
 
-static int raw_connect_af(int af, int port, int rcvbuf)
+/* A TCP connection to the loopback address of af; src (IPv4 only, may be
+ * NULL) binds the local end to another loopback address first. */
+static int raw_connect_src(int af, int port, int rcvbuf, const char *src)
 {
     int fd = socket(af, SOCK_STREAM, 0);
     ck_assert_int_ge(fd, 0);
     if (rcvbuf)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    if (src) {
+        struct sockaddr_in b = {.sin_family = AF_INET};
+        inet_pton(AF_INET, src, &b.sin_addr);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *)&b, sizeof b), 0);
+    }
     int rc;
     if (af == AF_INET) {
         struct sockaddr_in a = {.sin_family = AF_INET,
@@ -356,6 +363,11 @@ static int raw_connect_af(int af, int port, int rcvbuf)
     }
     ck_assert_int_eq(rc, 0);
     return fd;
+}
+
+static int raw_connect_af(int af, int port, int rcvbuf)
+{
+    return raw_connect_src(af, port, rcvbuf, NULL);
 }
 
 static int raw_connect(int port)
@@ -962,21 +974,6 @@ START_TEST(test_handshake_limit_and_deadline)
 }
 END_TEST
 
-/* A TCP connection to 127.0.0.1:port from another loopback address. */
-static int raw_connect_from(int port, const char *src)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_int_ge(fd, 0);
-    struct sockaddr_in b = {.sin_family = AF_INET};
-    inet_pton(AF_INET, src, &b.sin_addr);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&b, sizeof b), 0);
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    return fd;
-}
-
 /* Handshakes are limited per source address: two stalled handshakes from
  * 127.0.0.1 fill its share, a third from there is closed at once, while
  * one from 127.0.0.2 is still taken; when a stalled one leaves, a real
@@ -1004,7 +1001,7 @@ START_TEST(test_handshake_limit_per_source)
     RUN_UNTIL(&e, ss.rejects == 1, 5000);
     ck_assert_int_eq(ss.last_reject, FL_EAGAIN);
     ck_assert(raw_closed(c, 2000));
-    int d = raw_connect_from(port, "127.0.0.2");
+    int d = raw_connect_src(AF_INET, port, 0, "127.0.0.2");
     RUN_UNTIL(&e, fl_net_server_nconns(srv) == 3, 5000);
     fl_net_server_stats_t sst;
     fl_net_server_stats(srv, &sst);
