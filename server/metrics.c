@@ -83,6 +83,14 @@ int fl_server_metrics_render(const fl_server_metrics_t *m, fl_buf_t *o)
         TRY(fl_buf_printf(o,
                           "flotilla_dropouts_total{phase=\"%s\"} %" PRIu64 "\n",
                           phase_names[p], m->dropouts[p]));
+    TRY(head(o, "flotilla_secagg_left_out_total", "counter",
+             "Devices secure aggregation left out of a phase, too few of "
+             "their neighbours still taking part (each is sent an Abort)."));
+    for (int p = 0; p < FL_SERVER_PHASE_COUNT; p++)
+        TRY(fl_buf_printf(o,
+                          "flotilla_secagg_left_out_total{phase=\"%s\"} "
+                          "%" PRIu64 "\n",
+                          phase_names[p], m->left_out[p]));
     TRY(head(o, "flotilla_phase_duration_seconds", "summary",
              "Wall time of each round phase."));
     for (int p = 0; p < FL_SERVER_PHASE_COUNT; p++) {

@@ -201,6 +201,19 @@ static void send_result(fl_server_round_t *r, participant_t *pt, int success,
     fl_server_peer_send(pt->peer, &e);
 }
 
+static void send_abort(fl_server_round_t *r, participant_t *pt, int reason,
+                       const char *why)
+{
+    Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
+    Flotilla__Abort a = FLOTILLA__ABORT__INIT;
+    a.round = r->round;
+    a.reason = (Flotilla__AbortReason)reason;
+    a.message = (char *)why;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_ABORT;
+    e.abort = &a;
+    fl_server_peer_send(pt->peer, &e);
+}
+
 static void round_end(fl_server_round_t *r)
 {
     if (r->nreports) {
@@ -231,14 +244,7 @@ static void abort_round(fl_server_round_t *r, int reason, const char *why)
         participant_t *pt = &r->parts[i];
         if (!pt->peer)
             continue;
-        Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
-        Flotilla__Abort a = FLOTILLA__ABORT__INIT;
-        a.round = r->round;
-        a.reason = (Flotilla__AbortReason)reason;
-        a.message = (char *)why;
-        e.body_case = FLOTILLA__ENVELOPE__BODY_ABORT;
-        e.abort = &a;
-        fl_server_peer_send(pt->peer, &e);
+        send_abort(r, pt, reason, why);
         if (pt->peer)
             send_result(r, pt, 0, 0);
     }
@@ -508,13 +514,20 @@ static int send_requests(fl_server_round_t *r)
         rc = en->request ? en->request(r->ectx, phase, pt->id, &e) : FL_ENOTSUP;
         if (rc == FL_ENOENT) { /* the engine counts it as gone */
             /* It answered the last phase: secure aggregation left it out,
-             * as it would refuse the request for lack of neighbours. */
-            FL_INFO("round %llu: client %u is left out of the %s phase: "
-                    "fewer than t = %u of its neighbours are still taking "
-                    "part",
-                    (unsigned long long)r->round, pt->id,
-                    fl_server_phase_name(phase), r->sa_t);
-            drop(r, pt);
+             * as it would refuse the request for lack of neighbours. It is
+             * told, so that it stops waiting and wipes its round secrets;
+             * it is not a dropout. */
+            char why[160];
+            snprintf(why, sizeof why,
+                     "left out of the %s phase: fewer than t = %u of its "
+                     "neighbours are still taking part",
+                     fl_server_phase_name(phase), r->sa_t);
+            FL_INFO("round %llu: client %u is %s", (unsigned long long)r->round,
+                    pt->id, why);
+            send_abort(r, pt, FLOTILLA__ABORT_REASON__ABORT_TOO_FEW_CLIENTS,
+                       why);
+            r->s->metrics.left_out[phase]++;
+            release(r, pt);
             rc = 0;
             continue;
         }

@@ -289,6 +289,9 @@ typedef struct {
     uint64_t hellos_refused;
     uint64_t connections_refused; /* closed at accept by a limit */
     uint64_t dropouts[FL_SERVER_PHASE_COUNT];
+    /* Devices secure aggregation left out of a phase (fewer than t
+     * neighbours still taking part): told with an Abort, not dropouts. */
+    uint64_t left_out[FL_SERVER_PHASE_COUNT];
     double phase_seconds[FL_SERVER_PHASE_COUNT]; /* sum */
     uint64_t phase_count[FL_SERVER_PHASE_COUNT];
     double epsilon;

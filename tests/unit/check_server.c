@@ -650,6 +650,7 @@ START_TEST(test_metrics_render)
     m.rounds_aborted = 1;
     m.bytes_in = 123456789012ull;
     m.dropouts[FL_SERVER_PHASE_UNMASK] = 2;
+    m.left_out[FL_SERVER_PHASE_SHARE] = 3;
     m.phase_seconds[FL_SERVER_PHASE_SHARE] = 0.25;
     m.phase_count[FL_SERVER_PHASE_SHARE] = 1;
     m.epsilon = 1.5;
@@ -668,6 +669,8 @@ START_TEST(test_metrics_render)
         strstr(t, "flotilla_dropouts_total{phase=\"unmask\"} 2\n"));
     ck_assert_ptr_nonnull(strstr(
         t, "flotilla_phase_duration_seconds_count{phase=\"share\"} 1\n"));
+    ck_assert_ptr_nonnull(
+        strstr(t, "flotilla_secagg_left_out_total{phase=\"share\"} 3\n"));
     fl_buf_free(&b);
     /* No noise: an infinite epsilon, spelled as Prometheus wants it. */
     m.epsilon = INFINITY;
@@ -1244,6 +1247,199 @@ START_TEST(test_round_orchestrator)
     ck_assert_uint_eq(fl_server_state(fx.s)->round, 3);
     ck_assert_uint_eq(fl_server_state(fx.s)->rounds_aborted, 2);
     fixture_free(&fx, fs, 5);
+}
+END_TEST
+
+/* ---- a device secure aggregation leaves out ------------------------------
+ * The test engine in secure-aggregation mode: it takes every phase's
+ * message, sums the inputs as te does, and has nothing to ask the device
+ * lo_left_out in the share phase (as the real engine when too few of that
+ * device's neighbours advertised). The server must tell that device with an
+ * Abort, count it as left out rather than as a dropout, and finish the
+ * round with the others. */
+
+static uint32_t lo_left_out;
+static int lo_closes[FL_SERVER_PHASE_COUNT];
+
+static int lo_handle(void *round_ctx, uint32_t sender, const fl_envelope_t *e)
+{
+    switch (e->body_case) {
+    case FLOTILLA__ENVELOPE__BODY_ADVERTISE_KEYS:
+        return 0;
+    case FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_RESPONSE:
+    case FLOTILLA__ENVELOPE__BODY_UNMASKING_RESPONSE:
+        ck_assert_uint_ne(sender, lo_left_out);
+        return 0;
+    default:
+        return te_handle(round_ctx, sender, e);
+    }
+}
+
+static int lo_close(void *round_ctx, int phase)
+{
+    lo_closes[phase]++;
+    return 0;
+}
+
+static int lo_request(void *round_ctx, int phase, uint32_t id, fl_envelope_t *e)
+{
+    static Flotilla__ShareKeysRequest sk;
+    static Flotilla__MaskedInputRequest mi;
+    static Flotilla__UnmaskingRequest um;
+    switch (phase) {
+    case FL_SERVER_PHASE_SHARE:
+        if (id == lo_left_out)
+            return FL_ENOENT;
+        flotilla__share_keys_request__init(&sk);
+        sk.round = 1;
+        e->body_case = FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_REQUEST;
+        e->share_keys_request = &sk;
+        return 0;
+    case FL_SERVER_PHASE_MASKED_INPUT:
+        ck_assert_uint_ne(id, lo_left_out);
+        flotilla__masked_input_request__init(&mi);
+        mi.round = 1;
+        e->body_case = FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_REQUEST;
+        e->masked_input_request = &mi;
+        return 0;
+    case FL_SERVER_PHASE_UNMASK:
+        ck_assert_uint_ne(id, lo_left_out);
+        flotilla__unmasking_request__init(&um);
+        um.round = 1;
+        e->body_case = FLOTILLA__ENVELOPE__BODY_UNMASKING_REQUEST;
+        e->unmasking_request = &um;
+        return 0;
+    default:
+        return FL_ESTATE;
+    }
+}
+
+static void lo_send(fake_t *f, int body_case, uint32_t id)
+{
+    Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
+    Flotilla__AdvertiseKeys ak = FLOTILLA__ADVERTISE_KEYS__INIT;
+    Flotilla__ShareKeysResponse sr = FLOTILLA__SHARE_KEYS_RESPONSE__INIT;
+    Flotilla__UnmaskingResponse ur = FLOTILLA__UNMASKING_RESPONSE__INIT;
+    e.body_case = (Flotilla__Envelope__BodyCase)body_case;
+    switch (body_case) {
+    case FLOTILLA__ENVELOPE__BODY_ADVERTISE_KEYS:
+        ak.round = 1;
+        ak.client_id = id;
+        e.advertise_keys = &ak;
+        break;
+    case FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_RESPONSE:
+        sr.round = 1;
+        sr.client_id = id;
+        e.share_keys_response = &sr;
+        break;
+    default:
+        ur.round = 1;
+        ur.client_id = id;
+        e.unmasking_response = &ur;
+        break;
+    }
+    fake_deliver(f, &e);
+}
+
+START_TEST(test_round_left_out_is_told)
+{
+    fixture_t fx;
+    fake_t fs[4];
+    char err[256] = "";
+    const fl_cfg_table_t *t = fl_server_config_table();
+    memset(&te, 0, sizeof te);
+    memset(lo_closes, 0, sizeof lo_closes);
+    fixture_new(&fx, 4, fs, 4);
+    fl_cfg_set(t, &fx.cfg, "secagg", "true", err, sizeof err);
+    fl_cfg_set(t, &fx.cfg, "cohort", "4", err, sizeof err);
+    fl_cfg_set(t, &fx.cfg, "over-selection", "1.0", err, sizeof err);
+    fl_cfg_set(t, &fx.cfg, "min-clients", "3", err, sizeof err);
+    fl_cfg_set(t, &fx.cfg, "round-interval-ms", "0", err, sizeof err);
+    static const char *const slow[] = {"accept-ms", "advertise-ms", "share-ms",
+                                       "masked-input-ms", "unmask-ms"};
+    for (size_t i = 0; i < FL_ARRAY_LEN(slow); i++)
+        ck_assert_int_eq(
+            fl_cfg_set(t, &fx.cfg, slow[i], "60000", err, sizeof err), 0);
+    fl_cfg_set(t, &fx.cfg, "train-ms", "1", err, sizeof err);
+    static fl_server_engine_t eng;
+    eng = test_engine;
+    eng.handle = lo_handle;
+    eng.close = lo_close;
+    eng.request = lo_request;
+    fixture_start(&fx, &eng, NULL);
+    fl_server_set_params(fx.s, fl_calloc(T_VALUES, sizeof(float)), T_VALUES);
+    for (int i = 0; i < 4; i++) {
+        fake_connect(fx.s, &fs[i]);
+        fake_expect(&fs[i], FLOTILLA__ENVELOPE__BODY_HELLO_RESULT);
+    }
+    RUN_UNTIL(&fx, te.begun == 1);
+    uint32_t id[4];
+    for (int i = 0; i < 4; i++) {
+        fl_envelope_t *e =
+            fake_expect(&fs[i], FLOTILLA__ENVELOPE__BODY_ROUND_INVITE);
+        ck_assert(e->round_invite->config->secagg->enabled);
+        id[i] = e->round_invite->config->client_id;
+    }
+    lo_left_out = id[3];
+    for (int i = 0; i < 4; i++)
+        send_accept(&fs[i], 1, 1);
+    for (int i = 0; i < 4; i++)
+        lo_send(&fs[i], FLOTILLA__ENVELOPE__BODY_ADVERTISE_KEYS, id[i]);
+    ck_assert_int_eq(lo_closes[FL_SERVER_PHASE_ADVERTISE], 1);
+
+    /* The device left out is told at once, with the round and the reason,
+     * and asked nothing more; its connection stays open. */
+    fl_envelope_t *e = find_msg(&fs[3], FLOTILLA__ENVELOPE__BODY_ABORT);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_uint_eq(e->abort->round, 1);
+    ck_assert_uint_eq(e->abort->reason,
+                      FLOTILLA__ABORT_REASON__ABORT_TOO_FEW_CLIENTS);
+    ck_assert_ptr_nonnull(strstr(e->abort->message, "left out of the share"));
+    ck_assert_ptr_null(fake_next(&fs[3]));
+    ck_assert(!fs[3].close_asked);
+    const fl_server_metrics_t *m = fl_server_metrics(fx.s);
+    ck_assert_uint_eq(m->left_out[FL_SERVER_PHASE_SHARE], 1);
+    for (int p = 0; p < FL_SERVER_PHASE_COUNT; p++)
+        ck_assert_uint_eq(m->dropouts[p], 0);
+    /* A late answer of its own for this round is not used and closes
+     * nothing. */
+    lo_send(&fs[3], FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_RESPONSE, id[3]);
+    ck_assert(!fs[3].close_asked);
+
+    /* The three others finish the round without waiting for it. */
+    for (int i = 0; i < 3; i++) {
+        ck_assert_ptr_nonnull(
+            find_msg(&fs[i], FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_REQUEST));
+        lo_send(&fs[i], FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_RESPONSE, id[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        ck_assert_ptr_nonnull(
+            find_msg(&fs[i], FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_REQUEST));
+        send_input(&fs[i], 1, id[i], 100 * (uint32_t)(i + 1));
+    }
+    for (int i = 0; i < 3; i++) {
+        ck_assert_ptr_nonnull(
+            find_msg(&fs[i], FLOTILLA__ENVELOPE__BODY_UNMASKING_REQUEST));
+        lo_send(&fs[i], FLOTILLA__ENVELOPE__BODY_UNMASKING_RESPONSE, id[i]);
+    }
+    RUN_UNTIL(&fx, te.ended == 1);
+    ck_assert_int_eq(te.finished, 1);
+    for (int i = 0; i < 3; i++) {
+        e = find_msg(&fs[i], FLOTILLA__ENVELOPE__BODY_ROUND_RESULT);
+        ck_assert_ptr_nonnull(e);
+        ck_assert(e->round_result->success);
+        ck_assert_uint_eq(e->round_result->survivors, 3);
+        ck_assert_ptr_null(find_msg(&fs[i], FLOTILLA__ENVELOPE__BODY_ABORT));
+    }
+    /* No result for it (round 2 may have invited it since). */
+    ck_assert_ptr_null(find_msg(&fs[3], FLOTILLA__ENVELOPE__BODY_ROUND_RESULT));
+    for (uint32_t i = 0; i < T_VALUES; i++) /* the three inputs' sum */
+        ck_assert_float_eq(fx.s->params[i], (float)(600 + 3 * i));
+    ck_assert_uint_eq(m->rounds_completed, 1);
+    ck_assert_uint_eq(m->left_out[FL_SERVER_PHASE_SHARE], 1);
+    for (int p = 0; p < FL_SERVER_PHASE_COUNT; p++)
+        ck_assert_uint_eq(m->dropouts[p], 0);
+    fixture_free(&fx, fs, 4);
 }
 END_TEST
 
@@ -2624,6 +2820,7 @@ Suite *check_server_suite(void)
     tcase_add_test(tc, test_hello_over_peers);
     tcase_add_test(tc, test_round_orchestrator);
     tcase_add_test(tc, test_round_budget_spent);
+    tcase_add_test(tc, test_round_left_out_is_told);
     suite_add_tcase(s, tc);
     TCase *pc = tcase_create("process");
     tcase_set_timeout(pc, 60);
