@@ -130,8 +130,38 @@ uint64_t fl_compress_values(const fl_compress_config_t *cfg, uint64_t d);
 /* The quantization scale (header comment), or 0 for b = 0. */
 double fl_compress_scale(const fl_compress_config_t *cfg, uint64_t d);
 /* The L2 norm bound of one client's dequantized contribution: the DP
- * sensitivity after quantization, S' = min(S + sqrt(m) * step / scale,
- * sqrt(m) * qmax / scale), step = 1 (2 for b = 1); S for fp32. */
+ * sensitivity after quantization, which the server's noise is calibrated
+ * to.
+ *
+ * The codec turns a client's delta into integers: error feedback added,
+ * optionally rotated by the randomized Hadamard transform (orthogonal; its
+ * zero padding adds coordinates), restricted to the public support,
+ * CLIPPED to L2 norm S (the clip applies to what is sent), multiplied by
+ * the scale, stochastically rounded and clamped to [-qmax, qmax]
+ * (fl_compress_qmax: 2^(b-1) - 1, or 1 on the sign grid b = 1). m values
+ * are sent (fl_compress_values). The server decodes the integer sum by
+ * dividing by the scale. Claim: one client moves the decoded sum by at
+ * most, in L2 norm,
+ *
+ *     S' = min( S + sqrt(m) / scale,  qmax sqrt(m) / scale ).
+ *
+ * Why: let y = scale v with ||v|| <= S, so ||y|| <= scale S. Each sent
+ * integer q_i is floor(y_i) or ceil(y_i), or the clamp (smaller in
+ * magnitude than y_i), or on the sign grid -1 or +1, so |q_i| <= |y_i| + 1
+ * and |q_i| <= qmax. Then
+ *     ||q||^2 <= sum (|y_i| + 1)^2 = ||y||^2 + 2 ||y||_1 + m
+ *             <= ||y||^2 + 2 sqrt(m) ||y|| + m = (||y|| + sqrt(m))^2,
+ * and ||q|| <= qmax sqrt(m); divide by the scale. Stochastic rounding can
+ * grow the norm that far: with every y_i just above an integer and every
+ * coin rounding up, ||q|| comes within any margin of the first bound
+ * (`dp`: test_sensitivity_bounds_rounding). The bound holds for every
+ * outcome of the client's coins, as add-or-remove-one sensitivity needs.
+ * A rotation needs no term of its own (it keeps norms); its padding is
+ * counted in m. b = 0 (fp32 values, secure aggregation off) gives S.
+ *
+ * Precondition: the clip applies to the vector that is quantized (error
+ * feedback included), as fl_compress_encode_* do; clipping only the fresh
+ * delta and adding the residual afterwards would leave no finite bound. */
 double fl_compress_sensitivity(const fl_compress_config_t *cfg, uint64_t d);
 /* Bytes one client puts on the wire for d parameters (the codec payload,
  * not the protobuf framing or key exchange). secagg on: m values at r bits,

@@ -133,8 +133,7 @@ double fl_compress_sensitivity(const fl_compress_config_t *cfg, uint64_t d)
         return S;
     double m = (double)fl_compress_values(cfg, d);
     double scale = fl_compress_scale(cfg, d);
-    double step = b == 1 ? 2.0 : 1.0;
-    double a = S + sqrt(m) * step / scale;
+    double a = S + sqrt(m) / scale;
     double c = sqrt(m) * fl_compress_qmax(b) / scale;
     return FL_MIN(a, c);
 }

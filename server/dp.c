@@ -1,31 +1,11 @@
-/* server/dp.c — sensitivity after quantization, Gaussian noise from a
- * CSPRNG, and the RDP accountant of the sampled Gaussian mechanism. */
+/* server/dp.c — Gaussian noise from a CSPRNG and the RDP accountant of the
+ * sampled Gaussian mechanism. */
 #include "server/dp.h"
 
 #include <math.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <string.h>
-
-/* ---- sensitivity ---- */
-
-int fl_dp_sensitivity(const fl_dp_codec_t *c, double *out)
-{
-    if (!c || !out || !(c->clip_norm > 0) || !isfinite(c->clip_norm) ||
-        c->bits < 0 || c->bits > 32 || c->values < 1 ||
-        (c->bits > 0 && (!(c->scale > 0) || !isfinite(c->scale))))
-        return FL_EINVAL;
-    if (c->bits == 0) {
-        *out = c->clip_norm; /* floats sent as they are */
-        return 0;
-    }
-    double m = (double)c->values;
-    double qmax = c->bits == 1 ? 1.0 : ldexp(1.0, c->bits - 1) - 1;
-    double rounding = c->clip_norm + sqrt(m) / c->scale;
-    double range = qmax * sqrt(m) / c->scale;
-    *out = FL_MIN(rounding, range);
-    return 0;
-}
 
 /* ---- noise ---- */
 

@@ -4,9 +4,9 @@
  *
  * Three parts:
  *   1. The sensitivity S' of one client's contribution to the unmasked
- *      integer sum, derived from the codec (clip norm, quantization scale
- *      and bits, values sent after support and rotation padding), not only
- *      from the clip norm.
+ *      integer sum is the codec's (fl_compress_sensitivity: clip norm,
+ *      quantization scale and bits, values sent after support and
+ *      rotation padding), not only the clip norm.
  *   2. Gaussian noise N(0, (z S')^2) per coordinate from a CSPRNG (ChaCha20
  *      keystream keyed from the kernel, or from an explicit seed for tests),
  *      and the division by the FIXED expected cohort size.
@@ -49,49 +49,9 @@
 #include <stdint.h>
 
 /* ---- sensitivity after quantization ----
- *
- * The codec (compress/compress.h) turns a client's delta into integers:
- * error feedback added, optionally rotated by a randomized Hadamard
- * transform (orthogonal; its zero padding adds coordinates), restricted to
- * the public support, CLIPPED to L2 norm S (the clip applies to what is
- * sent), multiplied by `scale`, stochastically rounded and clamped to the
- * b-bit grid [-qmax, qmax], qmax = 2^(b-1) - 1 (b >= 2) or 1 (b = 1, the
- * sign grid). m values are sent. The server decodes the integer sum by
- * dividing by `scale`.
- *
- * Claim: one client moves the decoded sum by at most, in L2 norm,
- *
- *     S' = min( S + sqrt(m) / scale,  qmax sqrt(m) / scale )
- *
- * Why: let y = scale v with ||v|| <= S, so ||y|| <= scale S. Each sent
- * integer q_i is floor(y_i) or ceil(y_i), or the clamp qmax (smaller in
- * magnitude than y_i) — on the sign grid ±1 — so |q_i| <= |y_i| + 1 and
- * |q_i| <= qmax. Then
- *     ||q||^2 <= sum (|y_i| + 1)^2 = ||y||^2 + 2 ||y||_1 + m
- *             <= ||y||^2 + 2 sqrt(m) ||y|| + m = (||y|| + sqrt(m))^2,
- * and ||q|| <= qmax sqrt(m); divide by `scale`. Stochastic rounding can
- * indeed grow the norm that far: with every y_i just above an integer and
- * every coin rounding up, ||q|| comes within any margin of the first bound
- * (tests/unit/check_dp.c shows it). The bound holds for every outcome of
- * the client's coins, as add-or-remove-one sensitivity needs: the sum
- * changes by one client's vector. A rotation needs no term of its own (it
- * keeps norms); its padding is counted in m. b = 0 (fp32 values, secure
- * aggregation off) gives S' = S.
- *
- * Precondition: the clip applies to the vector that is quantized (error
- * feedback included), as compress/ does; clipping only the fresh delta
- * and adding the residual afterwards would leave no finite bound. */
-typedef struct {
-    double clip_norm; /* S > 0 */
-    double scale;     /* > 0: integer = round(value * scale) */
-    int bits;         /* b in [0, 32]; 0 = fp32, not quantized */
-    uint64_t values;  /* m >= 1: values each client sends (the transmit
-                         space: rotation padding included) */
-} fl_dp_codec_t;
-
-/* Writes S' (float units of the decoded sum) into *out. FL_EINVAL on
- * parameters out of range. */
-int fl_dp_sensitivity(const fl_dp_codec_t *codec, double *out);
+ * S' is fl_compress_sensitivity (compress/compress.h), which states the
+ * bound and why it holds; the codec that quantizes is the one place that
+ * knows it. server/engine.c calibrates sigma = z S' from it. */
 
 /* ---- noise ----
  * A Gaussian source over a ChaCha20 keystream. Box–Muller on 53-bit

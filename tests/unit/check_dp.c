@@ -2,6 +2,7 @@
  * noise source, and the RDP accountant against published reference values
  * and an independent numerical integration. */
 #include "common/common.h"
+#include "compress/compress.h"
 #include "server/dp.h"
 #include "tests/unit/testutil.h"
 
@@ -455,40 +456,54 @@ END_TEST
 
 /* ---- sensitivity ---- */
 
+/* S' of a dense codec of m values without rotation: the clip norm S, an
+ * explicit scale and b bits. */
+static fl_compress_config_t sens_codec(float S, float scale, unsigned bits)
+{
+    fl_compress_config_t c;
+    fl_compress_config_init(&c);
+    c.support = FL_COMPRESS_SUPPORT_DENSE;
+    c.rotate = 0;
+    c.secagg = 0;
+    c.clip_norm = S;
+    c.scale = scale;
+    c.quant_bits = bits;
+    return c;
+}
+
 START_TEST(test_sensitivity_formula)
 {
-    fl_dp_codec_t c = {
-        .clip_norm = 1.0, .scale = 100, .bits = 8, .values = 10000};
-    double s;
-    ck_assert_int_eq(fl_dp_sensitivity(&c, &s), 0);
-    ck_assert_rel(s, 1.0 + 100.0 / 100, 1e-15); /* S + sqrt(m)/scale */
-    c.values = 1024; /* e.g. 1000 coordinates padded by the rotation */
-    ck_assert_int_eq(fl_dp_sensitivity(&c, &s), 0);
-    ck_assert_rel(s, 1.0 + 32.0 / 100, 1e-15);
+    fl_compress_config_t c = sens_codec(1.0f, 100, 8);
+    ck_assert_int_eq(fl_compress_config_check(&c, 10000), 0);
+    /* S + sqrt(m)/scale */
+    ck_assert_rel(fl_compress_sensitivity(&c, 10000), 1.0 + 100.0 / 100, 1e-15);
+    /* e.g. 1000 coordinates padded to 1024 by the rotation */
+    ck_assert_rel(fl_compress_sensitivity(&c, 1024), 1.0 + 32.0 / 100, 1e-15);
+    c.rotate = 1;
+    ck_assert_uint_eq(fl_compress_values(&c, 1000), 1024);
+    ck_assert_rel(fl_compress_sensitivity(&c, 1000), 1.0 + 32.0 / 100, 1e-15);
     /* Few bits: the range cap qmax sqrt(m) / scale binds; qmax = 2^(b-1)-1
      * = 1 for b = 2, and 1 on the sign grid b = 1. */
-    fl_dp_codec_t r = {.clip_norm = 10, .scale = 1, .bits = 2, .values = 4};
-    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), 0);
-    ck_assert_rel(s, 2.0, 1e-15);
-    r.bits = 1;
-    r.scale = 0.5;
-    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), 0);
-    ck_assert_rel(s, 4.0, 1e-15);
-    r.bits = 3; /* qmax 3: min(10 + 2, 3 * 2) / 0.5 */
-    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), 0);
-    ck_assert_rel(s, 12.0, 1e-15);
+    fl_compress_config_t r = sens_codec(10, 1, 2);
+    ck_assert_rel(fl_compress_sensitivity(&r, 4), 2.0, 1e-15);
+    r.quant_bits = 1;
+    r.scale = 0.5f;
+    ck_assert_rel(fl_compress_sensitivity(&r, 4), 4.0, 1e-15);
+    r.quant_bits = 3; /* qmax 3: min(10 + 2, 3 * 2) / 0.5 */
+    ck_assert_rel(fl_compress_sensitivity(&r, 4), 12.0, 1e-15);
+    /* With many bits the first term binds: min(10 + 2 / 0.5, 32767 * 2 /
+     * 0.5) */
+    r.quant_bits = 16;
+    ck_assert_rel(fl_compress_sensitivity(&r, 4), 14.0, 1e-15);
     /* fp32 values: the clip norm itself. */
-    r.bits = 0;
+    r.quant_bits = 0;
     r.scale = 0;
-    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), 0);
-    ck_assert(s == 10);
-    r.bits = 33;
-    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), FL_EINVAL);
-    r.bits = 8;
-    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), FL_EINVAL); /* scale 0 */
-    r.scale = 1;
-    r.values = 0;
-    ck_assert_int_eq(fl_dp_sensitivity(&r, &s), FL_EINVAL);
+    ck_assert(fl_compress_sensitivity(&r, 4) == 10);
+    /* Codecs without a finite bound are refused before any round. */
+    r.quant_bits = 17;
+    ck_assert_int_eq(fl_compress_config_check(&r, 4), FL_ECONFIG);
+    r = sens_codec(0, 1, 8);
+    ck_assert_int_eq(fl_compress_config_check(&r, 4), FL_ECONFIG);
 }
 END_TEST
 
@@ -499,9 +514,8 @@ START_TEST(test_sensitivity_bounds_rounding)
 {
     enum { K = 64 };
     const double S = 1.0, scale = 20.0;
-    fl_dp_codec_t c = {.clip_norm = S, .scale = scale, .bits = 16, .values = K};
-    double sp, x[K];
-    ck_assert_int_eq(fl_dp_sensitivity(&c, &sp), 0);
+    fl_compress_config_t c = sens_codec((float)S, (float)scale, 16);
+    double sp = fl_compress_sensitivity(&c, K), x[K];
     fl_rng_t rng;
     fl_rng_seed(&rng, 7);
     double worst = 0;
@@ -525,14 +539,13 @@ START_TEST(test_sensitivity_bounds_rounding)
      * above the integer 2, all rounded up to 3 (probability tiny^K, but
      * possible): the bound is reached up to tiny, so it is tight, and S
      * alone would be wrong by half. */
-    fl_dp_codec_t a = {
-        .clip_norm = S, .scale = 16.000004, .bits = 16, .values = K};
-    ck_assert_int_eq(fl_dp_sensitivity(&a, &sp), 0);
-    double y = a.scale * S / sqrt(K), r2 = 0;
+    fl_compress_config_t a = sens_codec((float)S, 16.000004f, 16);
+    sp = fl_compress_sensitivity(&a, K);
+    double y = (double)a.scale * S / sqrt(K), r2 = 0;
     ck_assert(y > 2 && y < 2.000001);
     for (int i = 0; i < K; i++)
         r2 += ceil(y) * ceil(y);
-    double adv = sqrt(r2) / a.scale;
+    double adv = sqrt(r2) / (double)a.scale;
     ck_assert_msg(adv <= sp && adv > 0.99999 * sp, "adv %g sp %g", adv, sp);
     ck_assert(adv > 1.49 * S);
 }
