@@ -180,6 +180,43 @@ static uint8_t *member(sclient_t *c, int stage)
                         : &c->unmasked;
 }
 
+/* The checks a client's message of phase 1..3 (share keys, masked input,
+ * unmasking; stage = phase) passes first, in this order: the server is in
+ * that phase (FL_ESTATE), the sender speaks for itself (FL_EPROTO), of this
+ * round and session (FL_EROUND), it took part in the previous stage
+ * (FL_EPROTO) and has not answered this one (FL_EDUPLICATE). Returns the
+ * sender's index. */
+static long admit(fl_secagg_server_t *s, fl_secagg_phase_t phase,
+                  uint32_t sender, uint32_t client_id, uint64_t round,
+                  const ProtobufCBinaryData *session)
+{
+    if (s->phase != phase)
+        return FL_ESTATE;
+    long a = sender_index(s, sender, client_id);
+    if (a < 0)
+        return a;
+    int rc = check_session(s, round, session);
+    if (rc != 0)
+        return rc;
+    if (!*member(&s->cl[a], phase - 1))
+        return FL_EPROTO;
+    if (*member(&s->cl[a], phase))
+        return FL_EDUPLICATE;
+    return a;
+}
+
+/* How many of client a's neighbours are in stage (member()). Leaves its
+ * neighbour list in s->tmp. */
+static uint32_t live_neighbours(fl_secagg_server_t *s, uint32_t a, int stage,
+                                uint32_t *nb)
+{
+    *nb = sa_graph_neighbors(&s->g, a, s->tmp);
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < *nb; i++)
+        k += *member(&s->cl[s->tmp[i]], stage);
+    return k;
+}
+
 static void info_start(fl_secagg_server_t *s, fl_secagg_phase_t phase)
 {
     memset(&s->info, 0, sizeof s->info);
@@ -511,25 +548,14 @@ nomem:
 int fl_secagg_server_handle_share_keys(fl_secagg_server_t *s, uint32_t sender,
                                        const Flotilla__ShareKeysResponse *m)
 {
-    int rc;
     if (m == NULL)
         return FL_EINVAL;
-    if (s->phase != FL_SECAGG_PHASE_SHARE_KEYS)
-        return FL_ESTATE;
-    long a = sender_index(s, sender, m->client_id);
+    long a = admit(s, FL_SECAGG_PHASE_SHARE_KEYS, sender, m->client_id,
+                   m->round, &m->session_id);
     if (a < 0)
         return (int)a;
-    if ((rc = check_session(s, m->round, &m->session_id)) != 0)
-        return rc;
-    if (!s->cl[a].adv)
-        return FL_EPROTO;
-    if (s->cl[a].shared)
-        return FL_EDUPLICATE;
-    uint32_t nb = sa_graph_neighbors(&s->g, (uint32_t)a, s->tmp);
-    size_t expected = 0;
-    for (uint32_t i = 0; i < nb; i++)
-        expected += s->cl[s->tmp[i]].adv;
-    if (m->n_shares != expected)
+    uint32_t nb;
+    if (m->n_shares != live_neighbours(s, (uint32_t)a, 0, &nb))
         return FL_EPROTO;
     memset(s->seen, 0, s->k);
     for (size_t i = 0; i < m->n_shares; i++) {
@@ -628,20 +654,12 @@ nomem:
 int fl_secagg_server_handle_masked_input(fl_secagg_server_t *s, uint32_t sender,
                                          const Flotilla__MaskedInputResponse *m)
 {
-    int rc;
     if (m == NULL)
         return FL_EINVAL;
-    if (s->phase != FL_SECAGG_PHASE_MASKED_INPUT)
-        return FL_ESTATE;
-    long a = sender_index(s, sender, m->client_id);
+    long a = admit(s, FL_SECAGG_PHASE_MASKED_INPUT, sender, m->client_id,
+                   m->round, &m->session_id);
     if (a < 0)
         return (int)a;
-    if ((rc = check_session(s, m->round, &m->session_id)) != 0)
-        return rc;
-    if (!s->cl[a].shared)
-        return FL_EPROTO;
-    if (s->cl[a].input)
-        return FL_EDUPLICATE;
     if (m->num_values != s->dim)
         return FL_EPROTO;
     size_t nbytes = fl_bitpack_bytes(s->dim, s->r);
@@ -725,22 +743,12 @@ int fl_secagg_server_handle_unmasking(fl_secagg_server_t *s, uint32_t sender,
     int rc;
     if (m == NULL)
         return FL_EINVAL;
-    if (s->phase != FL_SECAGG_PHASE_UNMASKING)
-        return FL_ESTATE;
-    long a = sender_index(s, sender, m->client_id);
+    long a = admit(s, FL_SECAGG_PHASE_UNMASKING, sender, m->client_id, m->round,
+                   &m->session_id);
     if (a < 0)
         return (int)a;
-    if ((rc = check_session(s, m->round, &m->session_id)) != 0)
-        return rc;
-    if (!s->cl[a].input)
-        return FL_EPROTO;
-    if (s->cl[a].unmasked)
-        return FL_EDUPLICATE;
-    uint32_t nb = sa_graph_neighbors(&s->g, (uint32_t)a, s->tmp);
-    size_t expected = 0;
-    for (uint32_t i = 0; i < nb; i++)
-        expected += s->cl[s->tmp[i]].shared;
-    if (m->n_shares != expected)
+    uint32_t nb;
+    if (m->n_shares != live_neighbours(s, (uint32_t)a, 1, &nb))
         return FL_EPROTO;
     memset(s->seen, 0, s->k);
     for (size_t i = 0; i < m->n_shares; i++) {
