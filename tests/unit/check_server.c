@@ -1634,6 +1634,58 @@ START_TEST(test_cli_enrol)
 }
 END_TEST
 
+/* The material of a test that runs a real server: TLS certificates from
+ * deploy/make-ca.sh in dir/tls (into certs), a model-signing key in
+ * dir/sign (its path into key, its public half into pk) and a tiny initial
+ * model in dir/init.bin (its path into path; its parameter count returned
+ * and, if x0, a copy of its parameters). */
+static void it_make_ca(const char *dir, char *certs, size_t len)
+{
+    char script[600];
+    snprintf(certs, len, "%s/tls", dir);
+    fl_test_srcpath(script, sizeof script, "deploy/make-ca.sh");
+    ck_assert_int_eq(fl_test_system("sh %s --out %s --server-name localhost "
+                                    "--server-ip 127.0.0.1 >/dev/null 2>&1",
+                                    script, certs),
+                     0);
+}
+
+static void it_signing_key(const char *dir, char *key, size_t len,
+                           uint8_t pk[32])
+{
+    fl_artifact_key_t *sk = NULL;
+    ck_assert_int_eq(fl_artifact_key_generate(&sk), 0);
+    fl_artifact_key_public(sk, pk);
+    snprintf(key, len, "%s/sign", dir);
+    ck_assert_int_eq(fl_artifact_key_save(sk, key), 0);
+    fl_artifact_key_free(sk);
+}
+
+static uint64_t it_tiny_model(const char *dir, uint64_t seed, char *path,
+                              size_t len, float **x0)
+{
+    fl_model_config_t mc;
+    fl_model_config_default(&mc);
+    mc.dim = 16;
+    mc.hidden_dim = 32;
+    mc.n_layers = 1;
+    mc.n_heads = 2;
+    mc.n_kv_heads = 1;
+    mc.seq_len = 16;
+    fl_model_t *model = NULL;
+    ck_assert_int_eq(fl_model_new(&mc, &model), 0);
+    fl_model_init_weights(model, seed);
+    snprintf(path, len, "%s/init.bin", dir);
+    ck_assert_int_eq(fl_model_save(model, path, 0), 0);
+    uint64_t d = fl_model_num_params(model);
+    if (x0) {
+        *x0 = fl_malloc(d * sizeof(float));
+        memcpy(*x0, fl_model_params(model), d * sizeof(float));
+    }
+    fl_model_free(model);
+    return d;
+}
+
 /* ---- integration: real TLS, the real engines ------------------------------
  * Four enrolled devices connect over TLS 1.3 to a server on
  * 127.0.0.1; one fetches the signed manifest and the model in chunks; all
@@ -1995,35 +2047,10 @@ START_TEST(test_integration_tls_round)
     memset(ic, 0, sizeof ic);
     fixture_new(&fx, IC_N, keys, IC_N);
     /* TLS material, the signing key and the initial model. */
-    snprintf(certs, sizeof certs, "%s/tls", fx.dir);
-    fl_test_srcpath(path, sizeof path, "deploy/make-ca.sh");
-    ck_assert_int_eq(fl_test_system("sh %s --out %s --server-name localhost "
-                                    "--server-ip 127.0.0.1 >/dev/null 2>&1",
-                                    path, certs),
-                     0);
-    fl_artifact_key_t *sk = NULL;
-    ck_assert_int_eq(fl_artifact_key_generate(&sk), 0);
-    fl_artifact_key_public(sk, ic_sign_pk);
-    snprintf(key, sizeof key, "%s/sign", fx.dir);
-    ck_assert_int_eq(fl_artifact_key_save(sk, key), 0);
-    fl_artifact_key_free(sk);
-    fl_model_config_t mc;
-    fl_model_config_default(&mc);
-    mc.dim = 16;
-    mc.hidden_dim = 32;
-    mc.n_layers = 1;
-    mc.n_heads = 2;
-    mc.n_kv_heads = 1;
-    mc.seq_len = 16;
-    fl_model_t *model = NULL;
-    ck_assert_int_eq(fl_model_new(&mc, &model), 0);
-    fl_model_init_weights(model, 7);
-    snprintf(path, sizeof path, "%s/init.bin", fx.dir);
-    ck_assert_int_eq(fl_model_save(model, path, 0), 0);
-    uint64_t d = fl_model_num_params(model);
-    float *x0 = fl_malloc(d * sizeof(float));
-    memcpy(x0, fl_model_params(model), d * sizeof(float));
-    fl_model_free(model);
+    it_make_ca(fx.dir, certs, sizeof certs);
+    it_signing_key(fx.dir, key, sizeof key, ic_sign_pk);
+    float *x0 = NULL;
+    uint64_t d = it_tiny_model(fx.dir, 7, path, sizeof path, &x0);
 
     static const char *const kv[][2] = {
         {"transport", "tls"},
@@ -2277,32 +2304,9 @@ START_TEST(test_crash_sigkill_resume)
     signal(SIGPIPE, SIG_IGN);
     memset(ic, 0, sizeof ic);
     fixture_new(&fx, 3, keys, 3);
-    snprintf(certs, sizeof certs, "%s/tls", fx.dir);
-    fl_test_srcpath(path, sizeof path, "deploy/make-ca.sh");
-    ck_assert_int_eq(fl_test_system("sh %s --out %s --server-name localhost "
-                                    "--server-ip 127.0.0.1 >/dev/null 2>&1",
-                                    path, certs),
-                     0);
-    fl_artifact_key_t *sk = NULL;
-    ck_assert_int_eq(fl_artifact_key_generate(&sk), 0);
-    fl_artifact_key_public(sk, ic_sign_pk);
-    snprintf(key, sizeof key, "%s/sign", fx.dir);
-    ck_assert_int_eq(fl_artifact_key_save(sk, key), 0);
-    fl_artifact_key_free(sk);
-    fl_model_config_t mc;
-    fl_model_config_default(&mc);
-    mc.dim = 16;
-    mc.hidden_dim = 32;
-    mc.n_layers = 1;
-    mc.n_heads = 2;
-    mc.n_kv_heads = 1;
-    mc.seq_len = 16;
-    fl_model_t *model = NULL;
-    ck_assert_int_eq(fl_model_new(&mc, &model), 0);
-    fl_model_init_weights(model, 9);
-    snprintf(path, sizeof path, "%s/init.bin", fx.dir);
-    ck_assert_int_eq(fl_model_save(model, path, 0), 0);
-    fl_model_free(model);
+    it_make_ca(fx.dir, certs, sizeof certs);
+    it_signing_key(fx.dir, key, sizeof key, ic_sign_pk);
+    it_tiny_model(fx.dir, 9, path, sizeof path, NULL);
     int port = free_port();
     snprintf(ini, sizeof ini, "%s/server.ini", fx.dir);
     snprintf(log, sizeof log, "%s/server.log", fx.dir);
@@ -2433,16 +2437,11 @@ static void in_on_close(fl_net_conn_t *conn, int reason)
  * serving and exits 0 on SIGTERM. */
 START_TEST(test_process_tls_faults)
 {
-    char dir[256], certs[300], path[600], log[300], ini[300], ca[400];
+    char dir[256], certs[300], log[300], ini[300], ca[400];
     char text[2048], *r = NULL;
     signal(SIGPIPE, SIG_IGN); /* net writes with write(2) */
     fl_test_tmpdir(dir, sizeof dir);
-    snprintf(certs, sizeof certs, "%s/tls", dir);
-    fl_test_srcpath(path, sizeof path, "deploy/make-ca.sh");
-    ck_assert_int_eq(fl_test_system("sh %s --out %s --server-name localhost "
-                                    "--server-ip 127.0.0.1 >/dev/null 2>&1",
-                                    path, certs),
-                     0);
+    it_make_ca(dir, certs, sizeof certs);
     int port = free_port(), mport = free_port();
     snprintf(ini, sizeof ini, "%s/server.ini", dir);
     snprintf(log, sizeof log, "%s/server.log", dir);
@@ -2670,27 +2669,9 @@ START_TEST(test_agents_two_rounds)
     memset(du, 0, sizeof du);
     fixture_new(&fx, AG_N, keys, 0);
 
-    fl_artifact_key_t *sk = NULL;
     uint8_t sign_pk[32];
-    ck_assert_int_eq(fl_artifact_key_generate(&sk), 0);
-    fl_artifact_key_public(sk, sign_pk);
-    snprintf(key, sizeof key, "%s/sign", fx.dir);
-    ck_assert_int_eq(fl_artifact_key_save(sk, key), 0);
-    fl_artifact_key_free(sk);
-    fl_model_config_t mc;
-    fl_model_config_default(&mc);
-    mc.dim = 16;
-    mc.hidden_dim = 32;
-    mc.n_layers = 1;
-    mc.n_heads = 2;
-    mc.n_kv_heads = 1;
-    mc.seq_len = 16;
-    fl_model_t *model = NULL;
-    ck_assert_int_eq(fl_model_new(&mc, &model), 0);
-    fl_model_init_weights(model, 3);
-    snprintf(path, sizeof path, "%s/init.bin", fx.dir);
-    ck_assert_int_eq(fl_model_save(model, path, 0), 0);
-    fl_model_free(model);
+    it_signing_key(fx.dir, key, sizeof key, sign_pk);
+    it_tiny_model(fx.dir, 3, path, sizeof path, NULL);
 
     static const char *const kv[][2] = {
         {"cohort", "3"},
