@@ -1241,6 +1241,11 @@ int fl_client_agent_on_frame(fl_client_agent_t *a, const uint8_t *payload,
             rc = start_fetch(a, r->new_model_version);
         break;
     }
+    case FLOTILLA__ENVELOPE__BODY_MODEL_AVAILABLE:
+        /* A version published by a round this device was not part of. */
+        if (a->hello_done && e->model_available->version > a->version)
+            rc = start_fetch(a, e->model_available->version);
+        break;
     case FLOTILLA__ENVELOPE__BODY_ABORT:
         if (current_round(a, e->abort->round))
             round_end(a, FL_EABORTED,

@@ -195,6 +195,14 @@ static const fl_cfg_opt_t server_opts[] = {
      NULL, "FedAdam/FedYogi adaptivity"},
     {"keep-versions", FL_CFG_INT, OFF(keep_versions), "5", 2, 100000, NULL,
      NULL, "model versions kept on disk"},
+    {"announce", FL_CFG_BOOL, OFF(announce), "true", NOB, NULL, NULL,
+     "tell every connected device when a new version is published (else "
+     "devices learn of it when invited, from a round result or when they "
+     "reconnect)"},
+    {"announce-spread-ms", FL_CFG_INT, OFF(announce_spread_ms), "30000", 0,
+     3600000, NULL, NULL,
+     "spread those announcements evenly over this long, so that the fleet "
+     "does not download a new version all at once (0 = all at once)"},
     /* logs */
     {"log-level", FL_CFG_ENUM, OFF(log_level), "info", NOB,
      "debug|info|warn|error", NULL, "least severe level logged"},

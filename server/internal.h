@@ -148,6 +148,8 @@ struct fl_server_peer {
     int closing;            /* close asked; frames are ignored */
     uint8_t key[32];        /* identity key, valid when hello_ok */
     uint64_t model_version; /* the version the client said it holds */
+    uint64_t told_version;  /* the newest version it was told of (hello,
+                               round result or announcement) */
     uint32_t round_slot; /* 1 + index in the round's participants; 0 = none */
     struct fl_server_peer *prev, *next;
 };
@@ -165,8 +167,10 @@ struct fl_server {
     void *listener; /* the device listener (server/listen.c), or NULL */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t round_timer;
-    uv_timer_t drain_timer; /* bounds the wait for peers to flush on stop */
-    int handles_open;       /* signals and timers, closed on stop */
+    uv_timer_t drain_timer;    /* bounds the wait for peers to flush on stop */
+    uv_timer_t announce_timer; /* spreads ModelAvailable (fl_server_announce) */
+    size_t announce_quota;     /* devices told per tick */
+    int handles_open;          /* signals and timers, closed on stop */
     int draining;
     int started, stopping;
     fl_server_peer_t *peers;
@@ -192,6 +196,9 @@ void fl_server_set_params(fl_server_t *s, float *params, uint64_t n);
 int fl_server_peer_send(fl_server_peer_t *p, fl_envelope_t *e);
 /* Asks the transport to close p (idempotent). */
 void fl_server_peer_close(fl_server_peer_t *p);
+/* A new version is published: tells every connected device that does not
+ * know of it yet (ModelAvailable), evenly over announce-spread-ms. */
+void fl_server_announce(fl_server_t *s);
 /* Sends Error{|err|, msg} (what the peer sent is the reason) then closes
  * p (docs/PROTOCOL.md §6). */
 void fl_server_peer_refuse(fl_server_peer_t *p, int err, const char *msg);

@@ -74,6 +74,9 @@ int fl_server_metrics_render(const fl_server_metrics_t *m, fl_buf_t *o)
             "Connections closed at accept by a limit (connections, "
             "handshakes, handshakes per source).",
             m->connections_refused));
+    TRY(u64(o, "flotilla_model_announcements_total", "counter",
+            "New versions announced to connected devices (ModelAvailable).",
+            m->announcements));
     TRY(u64(o, "flotilla_hellos_refused_total", "counter",
             "Hellos refused (not enrolled, bad signature, version).",
             m->hellos_refused));

@@ -198,6 +198,8 @@ static void send_result(fl_server_round_t *r, participant_t *pt, int success,
     rr.epsilon = r->s->state.epsilon;
     e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_RESULT;
     e.round_result = &rr;
+    if (success)
+        pt->peer->told_version = rr.new_model_version;
     fl_server_peer_send(pt->peer, &e);
 }
 
@@ -584,6 +586,7 @@ static void finish_done(uv_work_t *w, int status)
                 send_result(r, &r->parts[i], 1, r->fin.survivors);
         r->busy--;
         round_end(r);
+        fl_server_announce(s);
         schedule_next(r, (uint64_t)s->cfg.round_interval_ms);
     }
     if (r->shutting_down) {

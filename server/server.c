@@ -160,6 +160,73 @@ void fl_server_schedule_round(fl_server_t *s, uint64_t ms)
         uv_timer_start(&s->round_timer, on_round_timer, ms, 0);
 }
 
+/* ---- announcing new versions ----
+ * Devices in the round that made a version learn it from RoundResult and
+ * devices that connect later from HelloResult; every other connected
+ * device is sent ModelAvailable, a share of them each tick, so that the
+ * downloads spread over announce-spread-ms instead of arriving at once. */
+
+#define ANNOUNCE_TICKS 50 /* batches per spread */
+
+static int needs_announce(const fl_server_peer_t *p, uint64_t v)
+{
+    return p->hello_ok && !p->closing && p->told_version < v;
+}
+
+/* Sends ModelAvailable to at most quota devices; how many still wait. */
+static size_t announce_some(fl_server_t *s, size_t quota)
+{
+    uint64_t v = s->state.model_version;
+    size_t waiting = 0;
+    Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
+    Flotilla__ModelAvailable ma = FLOTILLA__MODEL_AVAILABLE__INIT;
+    ma.version = v;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_MODEL_AVAILABLE;
+    e.model_available = &ma;
+    for (fl_server_peer_t *p = s->peers; p; p = p->next) {
+        if (!needs_announce(p, v))
+            continue;
+        if (quota == 0) {
+            waiting++;
+            continue;
+        }
+        quota--;
+        p->told_version = v;
+        if (fl_server_peer_send(p, &e) == 0)
+            s->metrics.announcements++;
+    }
+    return waiting;
+}
+
+static void on_announce_timer(uv_timer_t *t)
+{
+    fl_server_t *s = t->data;
+    if (s->stopping || announce_some(s, s->announce_quota) == 0)
+        uv_timer_stop(&s->announce_timer);
+}
+
+void fl_server_announce(fl_server_t *s)
+{
+    if (!s->cfg.announce || !s->started || s->stopping)
+        return;
+    uint64_t v = s->state.model_version;
+    size_t n = 0;
+    for (fl_server_peer_t *p = s->peers; p; p = p->next)
+        n += needs_announce(p, v);
+    uint64_t spread = (uint64_t)s->cfg.announce_spread_ms;
+    if (n == 0 || spread == 0) {
+        uv_timer_stop(&s->announce_timer);
+        announce_some(s, SIZE_MAX);
+        return;
+    }
+    /* A version published while the last one is still being announced
+     * takes over: its batches are counted anew. */
+    uint64_t tick = FL_MAX(spread / ANNOUNCE_TICKS, 10);
+    uint64_t ticks = FL_MAX(spread / tick, 1);
+    s->announce_quota = (size_t)((n + ticks - 1) / ticks);
+    uv_timer_start(&s->announce_timer, on_announce_timer, tick, tick);
+}
+
 int fl_server_start(fl_server_t *s, char *err, size_t errlen)
 {
     int rc = 0;
@@ -170,8 +237,9 @@ int fl_server_start(fl_server_t *s, char *err, size_t errlen)
     uv_signal_init(s->loop, &s->sig_hup);
     uv_timer_init(s->loop, &s->round_timer);
     uv_timer_init(s->loop, &s->drain_timer);
+    uv_timer_init(s->loop, &s->announce_timer);
     s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
-    s->round_timer.data = s->drain_timer.data = s;
+    s->round_timer.data = s->drain_timer.data = s->announce_timer.data = s;
     s->handles_open = 1;
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
@@ -244,7 +312,8 @@ static void stop_finish(fl_server_t *s)
     s->draining = 0;
     fl_server_listen_stop(s);
     if (s->started && s->handles_open == 1) {
-        s->handles_open = 5;
+        s->handles_open = 6;
+        uv_close((uv_handle_t *)&s->announce_timer, handle_closed);
         uv_close((uv_handle_t *)&s->sig_term, handle_closed);
         uv_close((uv_handle_t *)&s->sig_int, handle_closed);
         uv_close((uv_handle_t *)&s->sig_hup, handle_closed);
@@ -283,8 +352,10 @@ void fl_server_stop(fl_server_t *s)
     if (s->stopping)
         return;
     s->stopping = 1;
-    if (s->started)
+    if (s->started) {
         uv_timer_stop(&s->round_timer);
+        uv_timer_stop(&s->announce_timer);
+    }
     if (fl_server_round_shutdown(s->round))
         return; /* the round calls fl_server_stop_continue when done */
     fl_server_stop_continue(s);
@@ -501,6 +572,7 @@ static int on_hello(fl_server_peer_t *p, const Flotilla__ClientHello *h)
     memcpy(p->key, h->identity_key.data, 32);
     p->hello_ok = 1;
     p->model_version = h->model_version;
+    p->told_version = s->state.model_version;
     s->metrics.connected++;
     r.accepted = 1;
     return fl_server_peer_send(p, &e);

@@ -140,6 +140,8 @@ typedef struct {
     double server_beta2;
     double server_tau;
     int64_t keep_versions;
+    int announce;               /* ModelAvailable to connected devices */
+    int64_t announce_spread_ms; /* over this long; 0 = at once */
     /* logs */
     int log_level; /* fl_log_level_t */
     int log_json;
@@ -288,6 +290,7 @@ typedef struct {
     uint64_t bytes_out;
     uint64_t hellos_refused;
     uint64_t connections_refused; /* closed at accept by a limit */
+    uint64_t announcements;       /* ModelAvailable messages sent */
     uint64_t dropouts[FL_SERVER_PHASE_COUNT];
     /* Devices secure aggregation left out of a phase (fewer than t
      * neighbours still taking part): told with an Abort, not dropouts. */

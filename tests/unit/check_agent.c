@@ -465,6 +465,47 @@ START_TEST(test_invite_waits_for_newer_model)
 }
 END_TEST
 
+/* A version announced outside any round (ModelAvailable) is fetched,
+ * verified and used; an announcement of a version the device holds, or of
+ * an older one, asks for nothing. */
+START_TEST(test_announced_version_is_fetched)
+{
+    fx_t f;
+    fx_init(&f);
+    publish(&f, 1, 41);
+    fx_agent(&f);
+    do_hello(&f, 1);
+    serve_download(&f, 1 << 20, -1, 1000);
+    uint64_t v;
+    fl_client_agent_model(f.agent, &v);
+    ck_assert_uint_eq(v, 1);
+    publish(&f, 2, 42);
+    Flotilla__ModelAvailable ma = FLOTILLA__MODEL_AVAILABLE__INIT;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_MODEL_AVAILABLE;
+    e.model_available = &ma;
+    ma.version = 1;
+    deliver(f.agent, &e);
+    ck_assert_int_eq(f.wire.n, 0);
+    ma.version = 2;
+    deliver(f.agent, &e);
+    ck_assert_int_eq(f.wire.n, 1);
+    ck_assert_uint_eq(f.wire.q[0]->manifest_request->version, 2);
+    serve_download(&f, 1 << 20, -1, 1000);
+    ck_assert_int_eq(last_event(&f.ev), FL_CLIENT_EV_MODEL);
+    fl_model_t *m = fl_client_agent_model(f.agent, &v);
+    ck_assert_uint_eq(v, 2);
+    ck_assert_mem_eq(fl_model_params(m), fl_model_params(f.model),
+                     fl_model_num_params(m) * sizeof(float));
+    for (uint64_t old = 0; old <= 2; old++) {
+        ma.version = old;
+        deliver(f.agent, &e);
+        ck_assert_int_eq(f.wire.n, 0);
+    }
+    fx_free(&f);
+}
+END_TEST
+
 START_TEST(test_plain_round)
 {
     fx_t f;
@@ -806,6 +847,7 @@ Suite *check_agent_suite(void)
     tcase_add_test(tc, test_foreign_signature_and_replay);
     tcase_add_test(tc, test_plain_round);
     tcase_add_test(tc, test_invite_waits_for_newer_model);
+    tcase_add_test(tc, test_announced_version_is_fetched);
     tcase_add_test(tc, test_model_cache);
     tcase_add_test(tc, test_update_reads_global_only);
     suite_add_tcase(s, tc);

@@ -651,6 +651,7 @@ START_TEST(test_metrics_render)
     m.bytes_in = 123456789012ull;
     m.dropouts[FL_SERVER_PHASE_UNMASK] = 2;
     m.left_out[FL_SERVER_PHASE_SHARE] = 3;
+    m.announcements = 41;
     m.phase_seconds[FL_SERVER_PHASE_SHARE] = 0.25;
     m.phase_count[FL_SERVER_PHASE_SHARE] = 1;
     m.epsilon = 1.5;
@@ -665,6 +666,8 @@ START_TEST(test_metrics_render)
     ck_assert_double_eq(metric_value(t, "flotilla_bytes_received_total"),
                         123456789012.0);
     ck_assert_double_eq(metric_value(t, "flotilla_epsilon"), 1.5);
+    ck_assert_double_eq(metric_value(t, "flotilla_model_announcements_total"),
+                        41);
     ck_assert_ptr_nonnull(
         strstr(t, "flotilla_dropouts_total{phase=\"unmask\"} 2\n"));
     ck_assert_ptr_nonnull(strstr(
@@ -1110,6 +1113,24 @@ START_TEST(test_round_budget_spent)
 }
 END_TEST
 
+/* Sets options of fx's configuration, each of which must be accepted. */
+static void fx_set(fixture_t *fx, const char *const (*kv)[2], size_t n)
+{
+    char err[256] = "";
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(fl_cfg_set(fl_server_config_table(), &fx->cfg, kv[i][0],
+                                 kv[i][1], err, sizeof err) == 0,
+                      "%s = %s: %s", kv[i][0], kv[i][1], err);
+}
+
+/* A round without secure aggregation that waits for every answer, the
+ * next one starting at once. */
+static const char *const plain_rounds[][2] = {
+    {"secagg", "false"},         {"over-selection", "1.0"},
+    {"min-clients", "3"},        {"round-interval-ms", "0"},
+    {"accept-ms", "60000"},      {"train-ms", "1"},
+    {"masked-input-ms", "60000"}};
+
 START_TEST(test_round_orchestrator)
 {
     fixture_t fx;
@@ -1118,14 +1139,8 @@ START_TEST(test_round_orchestrator)
     const fl_cfg_table_t *t = fl_server_config_table();
     memset(&te, 0, sizeof te);
     fixture_new(&fx, 5, fs, 5);
-    fl_cfg_set(t, &fx.cfg, "secagg", "false", err, sizeof err);
+    fx_set(&fx, plain_rounds, FL_ARRAY_LEN(plain_rounds));
     fl_cfg_set(t, &fx.cfg, "cohort", "4", err, sizeof err);
-    fl_cfg_set(t, &fx.cfg, "over-selection", "1.0", err, sizeof err);
-    fl_cfg_set(t, &fx.cfg, "min-clients", "3", err, sizeof err);
-    fl_cfg_set(t, &fx.cfg, "round-interval-ms", "0", err, sizeof err);
-    fl_cfg_set(t, &fx.cfg, "accept-ms", "60000", err, sizeof err);
-    fl_cfg_set(t, &fx.cfg, "train-ms", "1", err, sizeof err);
-    fl_cfg_set(t, &fx.cfg, "masked-input-ms", "60000", err, sizeof err);
     fl_cfg_set(t, &fx.cfg, "noise-multiplier", "0.9", err, sizeof err);
     fixture_start(&fx, &test_engine, NULL);
     float *params = fl_calloc(T_VALUES, sizeof(float));
@@ -1250,6 +1265,87 @@ START_TEST(test_round_orchestrator)
 }
 END_TEST
 
+/* ---- new versions are announced -------------------------------------------
+ * Five devices, three in round 1. The three learn version 1 from their
+ * RoundResult; the two others are sent ModelAvailable once each: at once
+ * with announce-spread-ms = 0 (case 0), one per tick when spread (case 1);
+ * and not at all with announce = false (case 2). A device that connects
+ * afterwards learns the version from its HelloResult. */
+START_TEST(test_round_announces_new_version)
+{
+    fixture_t fx;
+    fake_t fs[6];
+    memset(&te, 0, sizeof te);
+    fixture_new(&fx, 6, fs, 6);
+    fx_set(&fx, plain_rounds, FL_ARRAY_LEN(plain_rounds));
+    const char *const kv[][2] = {{"cohort", "3"},
+                                 {"announce-spread-ms", _i == 1 ? "2000" : "0"},
+                                 {"announce", _i == 2 ? "false" : "true"}};
+    fx_set(&fx, kv, FL_ARRAY_LEN(kv));
+    fixture_start(&fx, &test_engine, NULL);
+    fl_server_set_params(fx.s, fl_calloc(T_VALUES, sizeof(float)), T_VALUES);
+    for (int i = 0; i < 5; i++) {
+        fake_connect(fx.s, &fs[i]);
+        fake_expect(&fs[i], FLOTILLA__ENVELOPE__BODY_HELLO_RESULT);
+    }
+    RUN_UNTIL(&fx, te.begun == 1);
+    int in[5] = {0}, nin = 0;
+    uint32_t id[5] = {0};
+    for (int i = 0; i < 5; i++) {
+        fl_envelope_t *e = fake_next(&fs[i]);
+        if (!e)
+            continue;
+        ck_assert_int_eq(e->body_case, FLOTILLA__ENVELOPE__BODY_ROUND_INVITE);
+        in[i] = 1;
+        nin++;
+        id[i] = e->round_invite->config->client_id;
+        send_accept(&fs[i], 1, 1);
+    }
+    ck_assert_int_eq(nin, 3);
+    for (int i = 0; i < 5; i++)
+        if (in[i])
+            send_input(&fs[i], 1, id[i], 10);
+    RUN_UNTIL(&fx, te.ended == 1);
+    const fl_server_metrics_t *m = fl_server_metrics(fx.s);
+    ck_assert_uint_eq(m->model_version, 1);
+    if (_i == 1) { /* 2000 ms in 50 ticks of 40 ms: one device a tick */
+        ck_assert_uint_eq(m->announcements, 0);
+        RUN_UNTIL(&fx, m->announcements >= 1);
+        ck_assert_uint_eq(m->announcements, 1);
+    }
+    if (_i != 2)
+        RUN_UNTIL(&fx, m->announcements == 2);
+    /* A newcomer is told by its hello. */
+    fake_connect(fx.s, &fs[5]);
+    fl_envelope_t *h =
+        fake_expect(&fs[5], FLOTILLA__ENVELOPE__BODY_HELLO_RESULT);
+    ck_assert_uint_eq(h->hello_result->current_model_version, 1);
+    for (int k = 0; k < 20; k++) { /* more ticks: nothing more is sent */
+        uv_run(&fx.loop, UV_RUN_NOWAIT);
+        usleep(5000);
+    }
+    ck_assert_uint_eq(m->announcements, _i == 2 ? 0 : 2);
+    for (int i = 0; i < 6; i++) {
+        int told = 0, results = 0;
+        for (fl_envelope_t *e; (e = fake_next(&fs[i]));) {
+            if (e->body_case == FLOTILLA__ENVELOPE__BODY_MODEL_AVAILABLE) {
+                ck_assert_uint_eq(e->model_available->version, 1);
+                told++;
+            }
+            if (e->body_case == FLOTILLA__ENVELOPE__BODY_ROUND_RESULT &&
+                e->round_result->round == 1) {
+                ck_assert(e->round_result->success);
+                ck_assert_uint_eq(e->round_result->new_model_version, 1);
+                results++;
+            }
+        }
+        ck_assert_int_eq(results, i < 5 && in[i]);
+        ck_assert_int_eq(told, i < 5 && !in[i] && _i != 2);
+    }
+    fixture_free(&fx, fs, 6);
+}
+END_TEST
+
 /* ---- a device secure aggregation leaves out ------------------------------
  * The test engine in secure-aggregation mode: it takes every phase's
  * message, sums the inputs as te does, and has nothing to ask the device
@@ -1345,22 +1441,16 @@ START_TEST(test_round_left_out_is_told)
 {
     fixture_t fx;
     fake_t fs[4];
-    char err[256] = "";
-    const fl_cfg_table_t *t = fl_server_config_table();
     memset(&te, 0, sizeof te);
     memset(lo_closes, 0, sizeof lo_closes);
     fixture_new(&fx, 4, fs, 4);
-    fl_cfg_set(t, &fx.cfg, "secagg", "true", err, sizeof err);
-    fl_cfg_set(t, &fx.cfg, "cohort", "4", err, sizeof err);
-    fl_cfg_set(t, &fx.cfg, "over-selection", "1.0", err, sizeof err);
-    fl_cfg_set(t, &fx.cfg, "min-clients", "3", err, sizeof err);
-    fl_cfg_set(t, &fx.cfg, "round-interval-ms", "0", err, sizeof err);
-    static const char *const slow[] = {"accept-ms", "advertise-ms", "share-ms",
-                                       "masked-input-ms", "unmask-ms"};
-    for (size_t i = 0; i < FL_ARRAY_LEN(slow); i++)
-        ck_assert_int_eq(
-            fl_cfg_set(t, &fx.cfg, slow[i], "60000", err, sizeof err), 0);
-    fl_cfg_set(t, &fx.cfg, "train-ms", "1", err, sizeof err);
+    fx_set(&fx, plain_rounds, FL_ARRAY_LEN(plain_rounds));
+    static const char *const kv[][2] = {{"secagg", "true"},
+                                        {"cohort", "4"},
+                                        {"advertise-ms", "60000"},
+                                        {"share-ms", "60000"},
+                                        {"unmask-ms", "60000"}};
+    fx_set(&fx, kv, FL_ARRAY_LEN(kv));
     static fl_server_engine_t eng;
     eng = test_engine;
     eng.handle = lo_handle;
@@ -2802,6 +2892,7 @@ Suite *check_server_suite(void)
     tcase_add_test(tc, test_round_orchestrator);
     tcase_add_test(tc, test_round_budget_spent);
     tcase_add_test(tc, test_round_left_out_is_told);
+    tcase_add_loop_test(tc, test_round_announces_new_version, 0, 3);
     suite_add_tcase(s, tc);
     TCase *pc = tcase_create("process");
     tcase_set_timeout(pc, 60);
