@@ -63,6 +63,10 @@ static const fl_cfg_opt_t server_opts[] = {
      validate_server_name, "name sent to devices in the server hello"},
     {"idle-timeout-ms", FL_CFG_INT, OFF(idle_timeout_ms), "120000", 1000,
      86400000, NULL, NULL, "close a connection silent for this long"},
+    {"hello-timeout-ms", FL_CFG_INT, OFF(hello_timeout_ms), "10000", 100,
+     600000, NULL, NULL,
+     "close a connection whose hello is not accepted within this long of "
+     "its TLS handshake (until then its frames are limited to 4 KiB)"},
     {"max-frame", FL_CFG_INT, OFF(max_frame), "67108864", 1024, 1073741824,
      NULL, NULL, "largest frame accepted from a device, bytes"},
     {"max-connections", FL_CFG_INT, OFF(max_connections), "10000", 1, 1000000,

@@ -17,18 +17,33 @@ static void net_peer_close(void *ctx)
     fl_net_conn_close(ctx, 0); /* graceful: queued frames go out first */
 }
 
-static const fl_server_peer_ops_t net_peer_ops = {net_peer_send,
-                                                  net_peer_close};
+/* Until its hello is accepted a connection may send only small frames and
+ * must finish within hello-timeout-ms: an unauthenticated peer holds
+ * neither a large buffer nor a connection slot for long. */
+static void net_peer_authenticated(void *ctx)
+{
+    fl_net_conn_t *c = ctx;
+    fl_server_t *s = fl_net_server_data(fl_net_conn_server(c));
+    fl_net_conn_set_max_frame(c, (size_t)s->cfg.max_frame);
+    fl_net_conn_set_deadline(c, 0);
+}
+
+static const fl_server_peer_ops_t net_peer_ops = {net_peer_send, net_peer_close,
+                                                  net_peer_authenticated};
 
 static void on_open(fl_net_conn_t *c)
 {
     fl_server_t *s = fl_net_server_data(fl_net_conn_server(c));
     fl_server_peer_t *p = NULL;
     int rc = fl_server_peer_open(s, &net_peer_ops, c, &p);
-    if (p)
-        fl_net_conn_set_data(c, p);
-    else
+    if (!p) {
         fl_net_conn_close(c, rc < 0 ? rc : FL_ECLOSED);
+        return;
+    }
+    fl_net_conn_set_data(c, p);
+    fl_net_conn_set_max_frame(
+        c, FL_MIN((size_t)FL_SERVER_HELLO_MAX_FRAME, (size_t)s->cfg.max_frame));
+    fl_net_conn_set_deadline(c, (uint64_t)s->cfg.hello_timeout_ms);
 }
 
 static void on_frame(fl_net_conn_t *c, const uint8_t *payload, size_t len)

@@ -574,6 +574,8 @@ static int on_hello(fl_server_peer_t *p, const Flotilla__ClientHello *h)
     p->model_version = h->model_version;
     p->told_version = s->state.model_version;
     s->metrics.connected++;
+    if (p->ops->authenticated)
+        p->ops->authenticated(p->ctx);
     r.accepted = 1;
     return fl_server_peer_send(p, &e);
 }

@@ -96,7 +96,8 @@ typedef struct {
     int64_t masked_input_ms; /* MaskedInputResponse, after training */
     int64_t unmask_ms;       /* UnmaskingResponse */
     int64_t idle_timeout_ms;
-    int64_t max_frame; /* bytes */
+    int64_t hello_timeout_ms; /* an accepted hello within this, or closed */
+    int64_t max_frame;        /* bytes */
     int64_t max_connections;
     int64_t max_handshakes;
     int64_t max_handshakes_per_source;
@@ -321,7 +322,16 @@ typedef struct {
     /* Asks the transport to close the connection after the frames already
      * queued. The transport answers later with fl_server_peer_closed. */
     void (*close)(void *ctx);
+    /* Optional: the peer's hello was accepted; the transport lifts what it
+     * imposes on unauthenticated connections (the hello deadline, the
+     * small frame limit). */
+    void (*authenticated)(void *ctx);
 } fl_server_peer_ops_t;
+
+/* Largest frame an unauthenticated peer may send: the ClientHello at the
+ * protocol's limits (32 capabilities of 32 bytes, a 64-byte client version,
+ * key and signature) is under 1.5 KB. */
+#define FL_SERVER_HELLO_MAX_FRAME 4096
 
 /* ---- the daemon -------------------------------------------------------- */
 

@@ -159,7 +159,8 @@ static void srv_close(void *ctx)
 {
     pipe_close(ctx);
 }
-static const fl_server_peer_ops_t srv_ops = {srv_send, srv_close};
+static const fl_server_peer_ops_t srv_ops = {.send = srv_send,
+                                             .close = srv_close};
 
 /* A frame delivered late (a straggler): on the pipe it was sent on, or on
  * the TLS session it was sent in, if that is still the device's. */

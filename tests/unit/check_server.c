@@ -755,7 +755,8 @@ static void fake_close(void *ctx)
     f->close_asked = 1;
 }
 
-static const fl_server_peer_ops_t fake_ops = {fake_send, fake_close};
+static const fl_server_peer_ops_t fake_ops = {.send = fake_send,
+                                              .close = fake_close};
 
 /* The next message the server sent to f, or NULL. */
 static fl_envelope_t *fake_next(fake_t *f)
@@ -2481,6 +2482,8 @@ typedef struct {
     uint8_t pk[32], sk[64];
     int refused, reason, closed, close_reason;
     size_t big; /* > 0: send a frame of this many bytes after ServerHello */
+    int silent; /* send nothing after ServerHello */
+    size_t pad; /* > 0: a hello whose client_version has this many bytes */
 } intruder_t;
 
 static void in_on_frame(fl_net_conn_t *conn, const uint8_t *p, size_t len)
@@ -2489,7 +2492,9 @@ static void in_on_frame(fl_net_conn_t *conn, const uint8_t *p, size_t len)
     fl_envelope_t *e = NULL;
     ck_assert_int_eq(fl_proto_decode(p, len, 1u << 26, &e), 0);
     if (e->body_case == FLOTILLA__ENVELOPE__BODY_SERVER_HELLO) {
-        if (x->big) {
+        if (x->silent) {
+            /* nothing: the hello deadline must close it */
+        } else if (x->big) {
             uint8_t *junk = fl_calloc(1, x->big);
             ck_assert_int_ge(fl_net_send(conn, junk, x->big), 0);
             fl_free(junk);
@@ -2497,6 +2502,13 @@ static void in_on_frame(fl_net_conn_t *conn, const uint8_t *p, size_t len)
             Flotilla__ClientHello h = FLOTILLA__CLIENT_HELLO__INIT;
             uint8_t sig[64];
             sign_hello(&h, sig, x->pk, x->sk, e->server_hello->nonce.data);
+            char *pad = NULL;
+            if (x->pad) {
+                pad = fl_malloc(x->pad + 1);
+                memset(pad, 'v', x->pad);
+                pad[x->pad] = '\0';
+                h.client_version = pad;
+            }
             Flotilla__Envelope out = FLOTILLA__ENVELOPE__INIT;
             out.body_case = FLOTILLA__ENVELOPE__BODY_CLIENT_HELLO;
             out.client_hello = &h;
@@ -2506,6 +2518,7 @@ static void in_on_frame(fl_net_conn_t *conn, const uint8_t *p, size_t len)
             flotilla__envelope__pack(&out, buf);
             ck_assert_int_ge(fl_net_send(conn, buf, n), 0);
             fl_free(buf);
+            fl_free(pad);
         }
     } else if (e->body_case == FLOTILLA__ENVELOPE__BODY_HELLO_RESULT) {
         x->refused = !e->hello_result->accepted;
@@ -2523,8 +2536,9 @@ static void in_on_close(fl_net_conn_t *conn, int reason)
 
 /* The server process over TLS: TLS 1.3 handshakes (openssl s_client), TLS
  * 1.2 refused, an unenrolled key refused with its reason, an oversized
- * frame and garbage each close only their connection; the server keeps
- * serving and exits 0 on SIGTERM. */
+ * frame, a frame over the limit before a hello, a connection that never
+ * says hello and garbage each close only their connection; the server
+ * keeps serving and exits 0 on SIGTERM. */
 START_TEST(test_process_tls_faults)
 {
     char dir[256], certs[300], log[300], ini[300], ca[400];
@@ -2539,7 +2553,8 @@ START_TEST(test_process_tls_faults)
     snprintf(text, sizeof text,
              "[server]\nstate = %s\nlisten = 127.0.0.1\nport = %d\n"
              "tls-cert = %s/server.crt\ntls-key = %s/server.key\n"
-             "metrics-port = %d\nmax-frame = 65536\n",
+             "metrics-port = %d\nmax-frame = 65536\n"
+             "hello-timeout-ms = 300\n",
              dir, port, certs, certs, mport);
     write_file(ini, text);
     pid_t pid = spawn_config(ini, log);
@@ -2565,11 +2580,18 @@ START_TEST(test_process_tls_faults)
     fl_net_tls_t *ctls = NULL;
     fl_net_tls_opts_t to = {.ca_file = ca};
     ck_assert_int_eq(fl_net_tls_client_new(&to, &ctls), 0);
-    intruder_t x[2];
+    intruder_t x[4];
     memset(x, 0, sizeof x);
     crypto_sign_keypair(x[0].pk, x[0].sk);
     x[1].big = 100000; /* above the server's max-frame */
-    for (int i = 0; i < 2; i++) {
+    /* A hello of 8 KB, below max-frame but above the limit before a hello:
+     * the connection is closed unread (a hello that big would be answered
+     * "refused" if it were read). */
+    crypto_sign_keypair(x[2].pk, x[2].sk);
+    x[2].pad = 8000;
+    x[3].silent = 1; /* no hello: closed at hello-timeout-ms, not at the
+                        idle timeout (120 s) */
+    for (int i = 0; i < 4; i++) {
         fl_net_connect_opts_t o;
         fl_net_connect_opts_init(&o);
         o.host = "127.0.0.1";
@@ -2582,10 +2604,12 @@ START_TEST(test_process_tls_faults)
         ck_assert_int_eq(fl_net_connect(&loop, &o, NULL), 0);
     }
     fl_net_tls_free(ctls);
-    RUN_LOOP_UNTIL(&loop, x[0].closed && x[1].closed);
+    RUN_LOOP_UNTIL(&loop,
+                   x[0].closed && x[1].closed && x[2].closed && x[3].closed);
     ck_assert(x[0].refused);
     ck_assert_int_eq(x[0].reason, FLOTILLA__ABORT_REASON__ABORT_NOT_ENROLLED);
-    ck_assert(!x[1].refused);
+    for (int i = 1; i < 4; i++)
+        ck_assert(!x[i].refused);
     for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT); i++)
         usleep(1000);
     ck_assert_int_eq(uv_loop_close(&loop), 0);
@@ -2686,8 +2710,8 @@ static void cli_side_close(void *io, int reason)
     duct_kick(d);
 }
 
-static const fl_server_peer_ops_t duct_srv_ops = {srv_side_send,
-                                                  srv_side_close};
+static const fl_server_peer_ops_t duct_srv_ops = {.send = srv_side_send,
+                                                  .close = srv_side_close};
 static const fl_client_io_t duct_cli_io = {cli_side_send, cli_side_close};
 
 /* Delivers what is queued both ways; a close goes through once the frames
