@@ -146,6 +146,18 @@ int fl_artifact_manifest_encode(const fl_artifact_manifest_t *m, fl_buf_t *out);
 /* Looks a file up by name; NULL when absent. */
 const fl_artifact_file_t *
 fl_artifact_manifest_file(const fl_artifact_manifest_t *m, const char *name);
+/* The integer config.<section>.<key> of a manifest (e.g. "architecture",
+ * "vocab_size"): 0 and *out set, FL_ENOENT when absent, FL_EFORMAT when it
+ * is not an integer >= 0. */
+int fl_artifact_manifest_config_u64(const fl_artifact_manifest_t *m,
+                                    const char *section, const char *key,
+                                    uint64_t *out);
+/* The string config.<section>.<key>, copied with its NUL into out: 0,
+ * FL_ENOENT when absent, FL_EFORMAT when not a string of fewer than outlen
+ * bytes without NUL. */
+int fl_artifact_manifest_config_str(const fl_artifact_manifest_t *m,
+                                    const char *section, const char *key,
+                                    char *out, size_t outlen);
 
 /* ---- one model version ---- */
 

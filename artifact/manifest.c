@@ -53,6 +53,58 @@ fl_artifact_manifest_file(const fl_artifact_manifest_t *m, const char *name)
     return NULL;
 }
 
+/* config.<section>.<key> of m: *v borrowed from *config, which the
+ * caller releases (json_decref) whatever the result. */
+static int config_value(const fl_artifact_manifest_t *m, const char *section,
+                        const char *key, json_t **config, json_t **v)
+{
+    *config = NULL;
+    if (!m || !m->config_json || !section || !key)
+        return FL_EINVAL;
+    json_error_t err;
+    *config = json_loads(m->config_json, JSON_REJECT_DUPLICATES, &err);
+    if (!*config)
+        return FL_EFORMAT;
+    *v = json_object_get(json_object_get(*config, section), key);
+    return *v ? 0 : FL_ENOENT;
+}
+
+int fl_artifact_manifest_config_u64(const fl_artifact_manifest_t *m,
+                                    const char *section, const char *key,
+                                    uint64_t *out)
+{
+    json_t *config = NULL, *v;
+    int rc = out ? config_value(m, section, key, &config, &v) : FL_EINVAL;
+    if (rc == 0) {
+        rc = FL_EFORMAT;
+        if (json_is_integer(v) && json_integer_value(v) >= 0) {
+            *out = (uint64_t)json_integer_value(v);
+            rc = 0;
+        }
+    }
+    json_decref(config);
+    return rc;
+}
+
+int fl_artifact_manifest_config_str(const fl_artifact_manifest_t *m,
+                                    const char *section, const char *key,
+                                    char *out, size_t outlen)
+{
+    json_t *config = NULL, *v;
+    int rc =
+        out && outlen ? config_value(m, section, key, &config, &v) : FL_EINVAL;
+    if (rc == 0) {
+        rc = FL_EFORMAT;
+        if (json_is_string(v) && json_string_length(v) < outlen &&
+            strlen(json_string_value(v)) == json_string_length(v)) {
+            memcpy(out, json_string_value(v), json_string_length(v) + 1);
+            rc = 0;
+        }
+    }
+    json_decref(config);
+    return rc;
+}
+
 int fl_artifact__name_ok(const char *name)
 {
     size_t n = strlen(name);

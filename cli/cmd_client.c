@@ -67,6 +67,7 @@ static int cmd_id(int argc, char **argv)
 typedef struct {
     char *state_dir;
     char *signing_pub;
+    char *tokenizer;
     char *prompt;
     int64_t max_tokens;
     double temperature;
@@ -87,6 +88,9 @@ static const fl_cfg_opt_t infer_table_opts[] = {
     IOPT("signing-pub", FL_CFG_STRING, signing_pub, "", 1, 0,
          "the server's model-signing public key: the model is verified "
          "before use"),
+    IOPT("tokenizer", FL_CFG_STRING, tokenizer, "", 1, 0,
+         "the fleet's tokenizer.bin, as in the daemon's configuration (\"\" = "
+         "byte-level)"),
     IOPT("prompt", FL_CFG_STRING, prompt, "", 1, 0, "text to continue"),
     IOPT("max-tokens", FL_CFG_INT, max_tokens, "64", 1,
          FL_CLIENT_INFER_MAX_TOKENS, "tokens to generate"),
@@ -152,8 +156,20 @@ static int cmd_infer(int argc, char **argv)
             goto out;
         }
     }
-    if ((rc = fl_tokenizer_new_bytes(&tok)) < 0)
+    char terr[512];
+    if ((rc = fl_client_tokenizer(o.tokenizer, &tok, terr, sizeof terr)) < 0) {
+        fl_cli_error(cmd, "%s", terr);
         goto out;
+    }
+    if (fl_tokenizer_vocab_size(tok) != fl_q8_model_config(q)->vocab_size) {
+        rc = FL_EFORMAT;
+        fl_cli_error(cmd,
+                     "the model's vocabulary has %d tokens, the tokenizer's "
+                     "%d (set tokenizer as in the daemon's configuration)",
+                     fl_q8_model_config(q)->vocab_size,
+                     fl_tokenizer_vocab_size(tok));
+        goto out;
+    }
     fl_client_gen_req_t req = {.prompt = o.prompt,
                                .max_tokens = (int)o.max_tokens,
                                .temperature = (float)o.temperature,

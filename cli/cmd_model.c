@@ -8,11 +8,11 @@
 #include "cli/cli.h"
 #include "model/data.h"
 #include "model/model.h"
+#include "client/client.h"
 #include "model/tokenizer.h"
 
 #include <jansson.h>
 #include <math.h>
-#include <openssl/evp.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -29,31 +29,6 @@ static int beside(char *out, size_t outlen, const char *path, const char *name)
         return fl_path_join(out, outlen, ".", name);
     int n = snprintf(out, outlen, "%.*s/%s", (int)(slash - path), path, name);
     return n < 0 || (size_t)n >= outlen ? FL_ETOOBIG : 0;
-}
-
-/* The reference a model stores for tok: "byte" or "bpe:<sha256 hex>". */
-static int tokenizer_ref(const fl_tokenizer_t *tok, char *ref, size_t reflen)
-{
-    if (fl_tokenizer_kind(tok) == FL_TOKENIZER_BYTES) {
-        snprintf(ref, reflen, "byte");
-        return 0;
-    }
-    fl_buf_t b;
-    fl_buf_init(&b, FL_TOKENIZER_MAX_FILE);
-    int rc = fl_tokenizer_save_buf(tok, &b);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    if (rc == 0 &&
-        (EVP_Digest(b.data, b.len, md, &mdlen, EVP_sha256(), NULL) != 1 ||
-         mdlen != 32))
-        rc = FL_ECRYPTO;
-    if (rc == 0) {
-        char hex[65];
-        fl_hex_encode(hex, md, 32);
-        snprintf(ref, reflen, "bpe:%s", hex);
-    }
-    fl_buf_free(&b);
-    return rc;
 }
 
 /* Opens the tokenizer: path if given ("byte" names the byte-level one),
@@ -84,7 +59,7 @@ static int open_tokenizer(const char *cmd, const char *path,
         return rc;
     }
     if (want_ref) {
-        if ((rc = tokenizer_ref(*tok, ref, sizeof ref)) < 0) {
+        if ((rc = fl_client_tokenizer_ref(*tok, ref, sizeof ref)) < 0) {
             fl_cli_error(cmd, "tokenizer %s: %s", path, fl_strerror(rc));
             goto fail;
         }
@@ -320,7 +295,7 @@ static int cmd_init(int argc, char **argv)
         goto out;
     }
     if (open_tokenizer(cmd, o.tokenizer, o.out, NULL, &tok) < 0 ||
-        tokenizer_ref(tok, ref, sizeof ref) < 0)
+        fl_client_tokenizer_ref(tok, ref, sizeof ref) < 0)
         goto out;
     fl_model_config_t c;
     fl_model_config_default(&c);

@@ -2,12 +2,12 @@
  * its tokenizer.bin become a flotilla model.bin with a tokenizer.bin beside
  * it (referenced from model.bin by its SHA-256). */
 #include "cli/cli.h"
+#include "client/client.h"
 #include "model/llama2.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 
 #include <jansson.h>
-#include <openssl/evp.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -46,17 +46,6 @@ static int beside(char *out, size_t outlen, const char *path, const char *name)
     return n < 0 || (size_t)n >= outlen ? FL_ETOOBIG : 0;
 }
 
-static int sha256_hex(const uint8_t *data, size_t len, char hex[65])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    if (EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) != 1 ||
-        mdlen != 32)
-        return FL_ECRYPTO;
-    fl_hex_encode(hex, md, 32);
-    return 0;
-}
-
 int fl_cmd_model_import(int argc, char **argv)
 {
     static const char *const cmd = "model import";
@@ -65,7 +54,7 @@ int fl_cmd_model_import(int argc, char **argv)
     fl_tokenizer_t *tok = NULL;
     fl_llama2_info_t info;
     fl_buf_t tokbin;
-    char why[512] = "", tokpath[4096], ref[FL_MODEL_TOKREF_MAX], hex[65];
+    char why[512] = "", tokpath[4096], ref[FL_MODEL_TOKREF_MAX];
     int rest, status = FL_EXIT_FAIL, rc;
 
     memset(&o, 0, sizeof o);
@@ -102,14 +91,10 @@ int fl_cmd_model_import(int argc, char **argv)
         goto out;
     }
     if ((rc = fl_tokenizer_save_buf(tok, &tokbin)) != 0 ||
-        (rc = sha256_hex(tokbin.data, tokbin.len, hex)) != 0) {
+        (rc = fl_client_tokenizer_ref(tok, ref, sizeof ref)) != 0) {
         fl_cli_error(cmd, "tokenizer: %s", fl_strerror(rc));
         goto out;
     }
-    if (fl_tokenizer_kind(tok) == FL_TOKENIZER_BYTES)
-        snprintf(ref, sizeof ref, "byte");
-    else
-        snprintf(ref, sizeof ref, "bpe:%s", hex);
     if ((rc = fl_model_set_tokenizer_ref(m, ref)) != 0 ||
         (rc = fl_file_write_atomic(tokpath, tokbin.data, tokbin.len, 0644)) !=
             0) {

@@ -383,6 +383,29 @@ static void cache_publish(fl_client_agent_t *a, cache_entry_t *e,
  * neither version verifies and loads (e.g. the server's signing key was
  * rotated), the device starts without a model and downloads the current
  * one: a stored model is never used unverified, and never blocks start. */
+/* Whether a model of vocabulary v made for the tokenizer ref (NULL or ""
+ * when it does not say) can read this device's tokens; if not, why says
+ * so. */
+static int tokenizer_ok(const fl_client_agent_t *a, uint64_t v, const char *ref,
+                        char *why, size_t whylen)
+{
+    if (a->o.vocab_size && v != a->o.vocab_size) {
+        snprintf(why, whylen,
+                 "model vocabulary of %" PRIu64 " tokens, this device's "
+                 "tokenizer has %u",
+                 v, a->o.vocab_size);
+        return 0;
+    }
+    if (ref && ref[0] && a->o.tokenizer_ref && a->o.tokenizer_ref[0] &&
+        strcmp(ref, a->o.tokenizer_ref) != 0) {
+        snprintf(why, whylen,
+                 "model made for tokenizer %.56s, this device's is %.56s", ref,
+                 a->o.tokenizer_ref);
+        return 0;
+    }
+    return 1;
+}
+
 static int load_current_model(fl_client_agent_t *a)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -398,6 +421,15 @@ static int load_current_model(fl_client_agent_t *a)
         fl_model_t *m = NULL;
         if (rc == 0)
             rc = fl_model_load(bin, &m);
+        char why[200];
+        if (rc == 0 &&
+            !tokenizer_ok(a, (uint64_t)fl_model_config(m)->vocab_size,
+                          fl_model_tokenizer_ref(m), why, sizeof why)) {
+            FL_WARN("model version %" PRIu64 " not used: %s", v, why);
+            fl_model_free(m);
+            m = NULL;
+            rc = FL_EFORMAT;
+        }
         if (rc == 0) {
             model_release(a);
             a->model = m;
@@ -1054,6 +1086,16 @@ static int on_manifest(fl_client_agent_t *a,
         snprintf(why, sizeof why, "version %" PRIu64 " not newer than %" PRIu64,
                  f->manifest->version, a->version);
     }
+    uint64_t vocab = a->o.vocab_size;
+    char tokref[FL_MODEL_TOKREF_MAX] = "";
+    if (rc == 0 && fl_artifact_manifest_config_u64(f->manifest, "architecture",
+                                                   "vocab_size", &vocab) != 0)
+        vocab = a->o.vocab_size; /* not said: checked once loaded */
+    if (rc == 0)
+        fl_artifact_manifest_config_str(f->manifest, "architecture",
+                                        "tokenizer", tokref, sizeof tokref);
+    if (rc == 0 && !tokenizer_ok(a, vocab, tokref, why, sizeof why))
+        rc = FL_EFORMAT; /* not downloaded: it could not be used */
     if (rc < 0) {
         uint64_t v = f->version;
         fetch_reset(a);

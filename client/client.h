@@ -34,6 +34,7 @@ typedef struct {
     char *client_cert;  /* mutual TLS (optional) */
     char *client_key;
     char *data_dir;    /* the device's text */
+    char *tokenizer;   /* tokenizer.bin of the fleet's models; "" = bytes */
     char *state_dir;   /* identity, models, residual, journal */
     char *socket_path; /* local inference socket; "" = none */
     int64_t threads;   /* training threads */
@@ -263,6 +264,13 @@ typedef struct {
     uint8_t signing_pub[FL_ARTIFACT_PUBLIC_BYTES];
     const fl_data_t *data; /* borrowed: the device's text */
     uint64_t seed;         /* this device's seed for batches and rounding */
+    /* The vocabulary of the tokenizer that made data: a version whose model
+     * has another is refused (before its download when the manifest says
+     * its architecture). 0 = not checked. */
+    uint32_t vocab_size;
+    /* Its reference (fl_client_tokenizer_ref), borrowed: a model that names
+     * another tokenizer is refused too. NULL = not checked. */
+    const char *tokenizer_ref;
     /* 1 when the device may train now, else 0 and a reason; NULL: always */
     int (*eligible)(void *ctx, char *why, size_t whylen);
     void (*on_event)(void *ctx, const fl_client_event_t *ev); /* may be NULL */
@@ -394,5 +402,17 @@ int fl_client_run(const fl_client_config_t *cfg, char *err, size_t errlen);
  * owned. */
 int fl_client_identity(const fl_client_config_t *cfg, fl_artifact_key_t **out,
                        char *err, size_t errlen);
+
+/* The tokenizer a config names: the file at `path` (llama2.c's
+ * tokenizer.bin layout) or, for NULL or "", the byte-level one. Its
+ * vocabulary must be the fleet's models' (fl_client_agent_opts_t
+ * vocab_size). *out returned owned. */
+int fl_client_tokenizer(const char *path, struct fl_tokenizer **out, char *err,
+                        size_t errlen);
+/* The reference a model stores for tok (fl_model_tokenizer_ref): "byte",
+ * or "bpe:" and the SHA-256 of its tokenizer.bin in hex. */
+#define FL_CLIENT_TOKREF_MAX 72
+int fl_client_tokenizer_ref(const struct fl_tokenizer *tok, char *ref,
+                            size_t reflen);
 
 #endif

@@ -38,6 +38,9 @@ static const fl_cfg_opt_t client_opts[] = {
         "client certificate's key (PEM)"),
     OPT("data", FL_CFG_STRING, data_dir, "/var/lib/flotilla-client/data", 1, 0,
         "directory of the device's UTF-8 text files"),
+    OPT("tokenizer", FL_CFG_STRING, tokenizer, "", 1, 0,
+        "the fleet's tokenizer.bin (\"\" = byte-level); models of another "
+        "vocabulary are refused"),
     OPT("state", FL_CFG_STRING, state_dir, "/var/lib/flotilla-client", 1, 0,
         "state directory"),
     OPT("socket", FL_CFG_STRING, socket_path, "/run/flotilla/infer.sock", 1, 0,

@@ -254,6 +254,40 @@ static int split_host_port(const char *s, char *host, size_t hostlen, int *port)
     return 0;
 }
 
+int fl_client_tokenizer(const char *path, fl_tokenizer_t **out, char *err,
+                        size_t errlen)
+{
+    int rc = path && path[0] ? fl_tokenizer_load(path, out)
+                             : fl_tokenizer_new_bytes(out);
+    if (rc < 0)
+        snprintf(err, errlen, "tokenizer %s: %s",
+                 path && path[0] ? path : "(bytes)", fl_strerror(rc));
+    return rc;
+}
+
+int fl_client_tokenizer_ref(const fl_tokenizer_t *tok, char *ref, size_t reflen)
+{
+    if (fl_tokenizer_kind(tok) == FL_TOKENIZER_BYTES) {
+        snprintf(ref, reflen, "byte");
+        return 0;
+    }
+    fl_buf_t b;
+    fl_buf_init(&b, FL_TOKENIZER_MAX_FILE);
+    uint8_t md[FL_ARTIFACT_HASH_BYTES];
+    int rc = fl_tokenizer_save_buf(tok, &b);
+    if (rc == 0)
+        rc = fl_artifact_sha256(b.data, b.len, md);
+    if (rc == 0) {
+        char hex[2 * FL_ARTIFACT_HASH_BYTES + 1];
+        fl_hex_encode(hex, md, sizeof md);
+        int n = snprintf(ref, reflen, "bpe:%s", hex);
+        if (n < 0 || (size_t)n >= reflen)
+            rc = FL_ETOOBIG;
+    }
+    fl_buf_free(&b);
+    return rc;
+}
+
 int fl_client_identity(const fl_client_config_t *cfg, fl_artifact_key_t **out,
                        char *err, size_t errlen)
 {
@@ -353,7 +387,7 @@ int fl_client_run(const fl_client_config_t *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "%s: %s", cfg->signing_pub, fl_strerror(rc));
         goto out;
     }
-    if ((rc = fl_tokenizer_new_bytes(&d.tok)) < 0)
+    if ((rc = fl_client_tokenizer(cfg->tokenizer, &d.tok, err, errlen)) < 0)
         goto out;
     fl_data_opts_t dopt;
     fl_data_opts_init(&dopt);
@@ -370,6 +404,13 @@ int fl_client_run(const fl_client_config_t *cfg, char *err, size_t errlen)
     ao.state_dir = cfg->state_dir;
     ao.identity = d.identity;
     ao.data = d.data;
+    ao.vocab_size = (uint32_t)fl_tokenizer_vocab_size(d.tok);
+    char tokref[FL_CLIENT_TOKREF_MAX];
+    if ((rc = fl_client_tokenizer_ref(d.tok, tokref, sizeof tokref)) < 0) {
+        snprintf(err, errlen, "tokenizer: %s", fl_strerror(rc));
+        goto out;
+    }
+    ao.tokenizer_ref = tokref;
     memcpy(&ao.seed, seed, sizeof seed);
     ao.eligible = eligible;
     ao.on_event = on_event;

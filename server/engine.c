@@ -290,10 +290,28 @@ static int publish(fl_server_t *s, const fl_model_t *tmpl, const float *params,
     rc = fl_path_join(root, sizeof root, s->cfg.state_dir, MODELS_DIR);
     if (rc < 0)
         goto out;
+    /* The architecture, so that a device can refuse a version it cannot
+     * use (a vocabulary other than its tokenizer's) before downloading. */
+    const fl_model_config_t *mc = fl_model_config(tmpl);
+    const char *tokref = fl_model_tokenizer_ref(tmpl);
+    char arch[768], tok[FL_MODEL_TOKREF_MAX + 16] = "";
+    if (tokref[0] &&
+        strspn(tokref,
+               "abcdefghijklmnopqrstuvwxyz"
+               "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:._-") == strlen(tokref))
+        snprintf(tok, sizeof tok, ",\"tokenizer\":\"%s\"", tokref);
+    snprintf(arch, sizeof arch,
+             "{\"architecture\":{\"dim\":%d,\"hidden_dim\":%d,"
+             "\"n_layers\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,"
+             "\"vocab_size\":%d,\"seq_len\":%d,\"tied_output\":%d,"
+             "\"lora_rank\":%d%s}}",
+             mc->dim, mc->hidden_dim, mc->n_layers, mc->n_heads, mc->n_kv_heads,
+             mc->vocab_size, mc->seq_len, mc->tied_output, mc->lora_rank, tok);
     fl_artifact_meta_t meta = {.version = st->model_version + 1,
                                .round = round,
                                .epsilon = st->epsilon,
-                               .delta = s->cfg.delta};
+                               .delta = s->cfg.delta,
+                               .config_json = arch};
     fl_artifact_input_t files[] = {
         {.name = "model.bin", .data = bin.data, .len = bin.len},
         {.name = "model.q8", .data = q8bin.data, .len = q8bin.len}};

@@ -125,7 +125,7 @@ int fl_sim__central_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
         tmp[0] = '\0';
         return FL_EIO;
     }
-    if ((rc = fl_tokenizer_new_bytes(&tok)) < 0)
+    if ((rc = fl_client_tokenizer(cfg->tokenizer, &tok, err, errlen)) < 0)
         goto out;
 
     /* The same corpus, partition and initial model as the federated runs. */

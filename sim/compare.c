@@ -194,12 +194,13 @@ int fl_sim_compare(const char *out_dir, const char *const *ini_paths,
                 goto out;
             }
         if (c->seed != cfgs[0].seed || strcmp(c->data, cfgs[0].data) != 0 ||
+            strcmp(c->tokenizer, cfgs[0].tokenizer) != 0 ||
             c->clients != cfgs[0].clients ||
             c->public_topics != cfgs[0].public_topics ||
             c->split != cfgs[0].split) {
             snprintf(err, errlen,
-                     "%s: seed, data, clients, public-topics and split must "
-                     "be those of %s (one seed, one partition)",
+                     "%s: seed, data, tokenizer, clients, public-topics and "
+                     "split must be those of %s (one seed, one partition)",
                      ini_paths[i], ini_paths[0]);
             rc = FL_EINVAL;
             goto out;

@@ -15,6 +15,8 @@
 static const fl_cfg_opt_t sim_opts[] = {
     OPT("data", FL_CFG_STRING, data, "/usr/share/games/fortunes", 1, 0,
         "directory of UTF-8 text files; each file is a topic"),
+    OPT("tokenizer", FL_CFG_STRING, tokenizer, "", 1, 0,
+        "tokenizer.bin of the model and the devices (\"\" = byte-level)"),
     OPT("out", FL_CFG_STRING, out, "results/default", 1, 0,
         "results directory (metrics.csv, summary.json, plots)"),
     OPT("name", FL_CFG_STRING, name, "run", 1, 0,

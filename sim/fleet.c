@@ -76,7 +76,8 @@ struct fleet {
     device_t *dev;
     int ndev;
     fl_tokenizer_t *tok;
-    fl_client_model_cache_t *cache; /* one copy of each model version */
+    char tokref[FL_CLIENT_TOKREF_MAX]; /* its reference, in every model */
+    fl_client_model_cache_t *cache;    /* one copy of each model version */
     pipe_t *dirty;
     uv_idle_t idle;
     int idle_on;
@@ -785,6 +786,10 @@ static int pretrain(const fl_sim_config_t *cfg, fl_tokenizer_t *tok,
     if (rc < 0)
         return rc;
     fl_model_init_weights(m, (uint64_t)cfg->seed);
+    char ref[FL_CLIENT_TOKREF_MAX];
+    if ((rc = fl_client_tokenizer_ref(tok, ref, sizeof ref)) < 0 ||
+        (rc = fl_model_set_tokenizer_ref(m, ref)) < 0)
+        goto out;
     fl_data_opts_t o;
     fl_data_opts_init(&o);
     o.val_fraction = 0.05;
@@ -979,7 +984,8 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
                  strerror(errno));
         return FL_EIO;
     }
-    if ((rc = fl_tokenizer_new_bytes(&f.tok)) < 0 ||
+    if ((rc = fl_client_tokenizer(cfg->tokenizer, &f.tok, err, errlen)) < 0 ||
+        (rc = fl_client_tokenizer_ref(f.tok, f.tokref, sizeof f.tokref)) < 0 ||
         (rc = fl_client_model_cache_new(&f.cache)) < 0)
         goto out;
 
@@ -1070,15 +1076,17 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
             char state[PATH_MAX];
             snprintf(state, sizeof state, "%s/device-%d", f.tmp, i);
             dctx[i] = (devctx_t){&f, i};
-            fl_client_agent_opts_t ao = {.loop = f.loop,
-                                         .state_dir = state,
-                                         .identity = d->id,
-                                         .data = d->data,
-                                         .seed =
-                                             (uint64_t)cfg->seed + (uint64_t)i,
-                                         .on_event = on_device_event,
-                                         .ctx = &dctx[i],
-                                         .model_cache = f.cache};
+            fl_client_agent_opts_t ao = {
+                .loop = f.loop,
+                .state_dir = state,
+                .identity = d->id,
+                .data = d->data,
+                .seed = (uint64_t)cfg->seed + (uint64_t)i,
+                .vocab_size = (uint32_t)fl_tokenizer_vocab_size(f.tok),
+                .tokenizer_ref = f.tokref,
+                .on_event = on_device_event,
+                .ctx = &dctx[i],
+                .model_cache = f.cache};
             memcpy(ao.signing_pub, f.signing_pub, 32);
             rc = fl_client_agent_new(&ao, &d->agent);
         }
@@ -1193,6 +1201,9 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
             j, "download_bytes_per_client_round",
             json_real(f.up_rounds ? f.down_total / f.up_rounds : 0.0));
         json_object_set_new(j, "model_cache_hits", json_integer(cs.hits));
+        json_object_set_new(j, "vocab_size",
+                            json_integer(fl_tokenizer_vocab_size(f.tok)));
+        json_object_set_new(j, "tokenizer", json_string(f.tokref));
         json_object_set_new(
             j, "residual_bytes_per_device",
             json_integer(cfg->error_feedback ? (json_int_t)(d * 4) : 0));

@@ -135,9 +135,10 @@ typedef enum {
 /* Every option of `flotilla sim` (one table: INI and flags). Strings are
  * owned (fl_cfg_free with fl_sim_config_table). */
 typedef struct {
-    char *data; /* directory of text files */
-    char *out;  /* results directory */
-    char *name; /* the run's name in plots and comparisons */
+    char *data;      /* directory of text files */
+    char *tokenizer; /* tokenizer.bin; "" = byte-level */
+    char *out;       /* results directory */
+    char *name;      /* the run's name in plots and comparisons */
     int64_t seed;
     int64_t clients; /* virtual devices */
     int64_t cohort;  /* expected cohort per round */

@@ -96,6 +96,9 @@ typedef struct {
     wire_t wire;
     events_t ev;
     fl_client_agent_t *agent;
+    const char *config_json; /* the next publish's manifest config */
+    uint32_t vocab;          /* the agent's tokenizer, 0/NULL: unchecked */
+    const char *tokref;
 } fx_t;
 
 static void publish(fx_t *f, uint64_t version, uint64_t seed)
@@ -104,8 +107,11 @@ static void publish(fx_t *f, uint64_t version, uint64_t seed)
     fl_buf_t b;
     fl_buf_init(&b, 1 << 26);
     ck_assert_int_eq(fl_model_save_buf(f->model, 0, &b), 0);
-    fl_artifact_meta_t meta = {
-        .version = version, .round = version, .epsilon = 1.5, .delta = 1e-5};
+    fl_artifact_meta_t meta = {.version = version,
+                               .round = version,
+                               .epsilon = 1.5,
+                               .delta = 1e-5,
+                               .config_json = f->config_json};
     fl_artifact_input_t in = {
         .name = "model.bin", .data = b.data, .len = b.len};
     char why[160];
@@ -153,6 +159,8 @@ static void fx_agent(fx_t *f)
                                 .identity = f->device,
                                 .data = f->data,
                                 .seed = 3,
+                                .vocab_size = f->vocab,
+                                .tokenizer_ref = f->tokref,
                                 .on_event = on_event,
                                 .ctx = &f->ev};
     fl_artifact_key_public(f->signer, o.signing_pub);
@@ -506,6 +514,54 @@ START_TEST(test_announced_version_is_fetched)
 }
 END_TEST
 
+/* A version made for another tokenizer is refused: before its download
+ * when the manifest's architecture says so (another vocabulary, or another
+ * tokenizer reference), after it when only model.bin does (rolled back);
+ * one that matches is used. */
+START_TEST(test_model_for_another_tokenizer_refused)
+{
+    fx_t f;
+    fx_init(&f);
+    f.vocab = 259;
+    f.tokref = "byte";
+    fx_agent(&f);
+    do_hello(&f, 0);
+    Flotilla__ModelAvailable ma = FLOTILLA__MODEL_AVAILABLE__INIT;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_MODEL_AVAILABLE;
+    e.model_available = &ma;
+    static const char *const configs[] = {
+        "{\"architecture\":{\"vocab_size\":512}}",
+        "{\"architecture\":{\"vocab_size\":259,\"tokenizer\":\"bpe:00ff\"}}",
+        NULL, /* model.bin alone names another tokenizer */
+        "{\"architecture\":{\"vocab_size\":259,\"tokenizer\":\"byte\"}}"};
+    for (uint64_t v = 1; v <= 4; v++) {
+        f.config_json = configs[v - 1];
+        ck_assert_int_eq(
+            fl_model_set_tokenizer_ref(f.model, v == 3 ? "bpe:00ff" : "byte"),
+            0);
+        publish(&f, v, 50 + v);
+        ma.version = v;
+        deliver(f.agent, &e);
+        ck_assert_int_eq(f.wire.n, 1); /* the manifest request */
+        /* Refused from the manifest (v 1, 2): not one chunk is asked for. */
+        serve_download(&f, 1 << 20, -1, v < 3 ? 0 : 1000);
+        uint64_t have = 0;
+        if (v < 4) {
+            ck_assert_int_eq(last_event(&f.ev), FL_CLIENT_EV_MODEL_REFUSED);
+            ck_assert_int_eq(f.ev.status[f.ev.n - 1], FL_EFORMAT);
+            ck_assert_ptr_null(fl_client_agent_model(f.agent, &have));
+        } else {
+            ck_assert_int_eq(last_event(&f.ev), FL_CLIENT_EV_MODEL);
+            ck_assert_ptr_nonnull(fl_client_agent_model(f.agent, &have));
+            ck_assert_uint_eq(have, 4);
+        }
+        ck_assert_int_eq(f.wire.n, 0);
+    }
+    fx_free(&f);
+}
+END_TEST
+
 START_TEST(test_plain_round)
 {
     fx_t f;
@@ -848,6 +904,7 @@ Suite *check_agent_suite(void)
     tcase_add_test(tc, test_plain_round);
     tcase_add_test(tc, test_invite_waits_for_newer_model);
     tcase_add_test(tc, test_announced_version_is_fetched);
+    tcase_add_test(tc, test_model_for_another_tokenizer_refused);
     tcase_add_test(tc, test_model_cache);
     tcase_add_test(tc, test_update_reads_global_only);
     suite_add_tcase(s, tc);

@@ -237,7 +237,8 @@ static int publish(fixture_t *f, uint64_t version, unsigned keep)
         .round = 10 * version,
         .epsilon = 0.5 * (double)version,
         .delta = 1e-5,
-        .config_json = "{\"arch\":{\"layers\":4,\"dim\":128},\"codec\":\"q8\"}",
+        .config_json = "{\"arch\":{\"layers\":4,\"dim\":128,\"tok\":\"byte\","
+                       "\"neg\":-1},\"codec\":\"q8\"}",
         .created_ms = 1700000000000ull + version,
     };
     char why[256] = "";
@@ -274,7 +275,31 @@ START_TEST(test_publish_verify_round_trip)
     ck_assert_uint_eq(m->created_ms, 1700000000001ull);
     ck_assert_int_eq(m->has_parent, 0);
     ck_assert_str_eq(m->config_json,
-                     "{\"arch\":{\"layers\":4,\"dim\":128},\"codec\":\"q8\"}");
+                     "{\"arch\":{\"layers\":4,\"dim\":128,\"tok\":\"byte\","
+                     "\"neg\":-1},\"codec\":\"q8\"}");
+    /* Values of the config, by section and key. */
+    uint64_t u = 0;
+    char str[8];
+    ck_assert_int_eq(fl_artifact_manifest_config_u64(m, "arch", "dim", &u), 0);
+    ck_assert_uint_eq(u, 128);
+    ck_assert_int_eq(fl_artifact_manifest_config_u64(m, "arch", "nope", &u),
+                     FL_ENOENT);
+    ck_assert_int_eq(fl_artifact_manifest_config_u64(m, "none", "dim", &u),
+                     FL_ENOENT);
+    ck_assert_int_eq(fl_artifact_manifest_config_u64(m, "arch", "tok", &u),
+                     FL_EFORMAT);
+    ck_assert_int_eq(fl_artifact_manifest_config_u64(m, "arch", "neg", &u),
+                     FL_EFORMAT);
+    ck_assert_int_eq(fl_artifact_manifest_config_u64(m, "codec", "x", &u),
+                     FL_ENOENT); /* codec is a string, not a section */
+    ck_assert_int_eq(
+        fl_artifact_manifest_config_str(m, "arch", "tok", str, sizeof str), 0);
+    ck_assert_str_eq(str, "byte");
+    ck_assert_int_eq(fl_artifact_manifest_config_str(m, "arch", "tok", str, 4),
+                     FL_EFORMAT); /* does not fit */
+    ck_assert_int_eq(
+        fl_artifact_manifest_config_str(m, "arch", "dim", str, sizeof str),
+        FL_EFORMAT);
     ck_assert_uint_eq(m->nfiles, 2);
     const fl_artifact_file_t *mb = fl_artifact_manifest_file(m, "model.bin");
     ck_assert_ptr_nonnull(mb);

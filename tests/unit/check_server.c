@@ -1766,6 +1766,7 @@ static uint64_t it_tiny_model(const char *dir, uint64_t seed, char *path,
     fl_model_t *model = NULL;
     ck_assert_int_eq(fl_model_new(&mc, &model), 0);
     fl_model_init_weights(model, seed);
+    ck_assert_int_eq(fl_model_set_tokenizer_ref(model, "byte"), 0);
     snprintf(path, len, "%s/init.bin", dir);
     ck_assert_int_eq(fl_model_save(model, path, 0), 0);
     uint64_t d = fl_model_num_params(model);
@@ -2004,6 +2005,27 @@ static void ic_on_frame(fl_net_conn_t *conn, const uint8_t *p, size_t len)
             fl_artifact_sig_verify(ic_sign_pk, m->manifest_json.data,
                                    m->manifest_json.len, m->signature.data),
             0);
+        /* The manifest says the architecture and the tokenizer. */
+        fl_artifact_manifest_t *mf = NULL;
+        uint64_t vocab = 0, dim = 0;
+        char tok[16];
+        ck_assert_int_eq(fl_artifact_manifest_parse(m->manifest_json.data,
+                                                    m->manifest_json.len, &mf,
+                                                    NULL, 0),
+                         0);
+        ck_assert_int_eq(fl_artifact_manifest_config_u64(mf, "architecture",
+                                                         "vocab_size", &vocab),
+                         0);
+        ck_assert_int_eq(
+            fl_artifact_manifest_config_u64(mf, "architecture", "dim", &dim),
+            0);
+        ck_assert_int_eq(fl_artifact_manifest_config_str(
+                             mf, "architecture", "tokenizer", tok, sizeof tok),
+                         0);
+        ck_assert_uint_eq(vocab, FL_TOKENIZER_BYTE_VOCAB);
+        ck_assert_uint_eq(dim, 16);
+        ck_assert_str_eq(tok, "byte");
+        fl_artifact_manifest_free(mf);
         c->manifest_ok = 1;
         ic_chunk_request(c);
         break;

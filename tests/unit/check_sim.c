@@ -1,4 +1,5 @@
 /* tests/unit/check_sim.c — corpus records, client partitions and results. */
+#include "model/tokenizer.h"
 #include "sim/sim.h"
 #include "tests/unit/testutil.h"
 
@@ -233,19 +234,15 @@ START_TEST(test_results_files)
 }
 END_TEST
 
-/* A small fleet end to end: generated topics, the real server, devices
- * running the real agent over in-process pipes, faults on. */
-START_TEST(test_fleet_run)
+/* Generated topics for the fleet tests: six short proverbs, repeated. */
+static void write_tiny_corpus(const char *data)
 {
-    char dir[256], data[300], out[300], path[400];
-    fl_test_tmpdir(dir, sizeof dir);
-    snprintf(data, sizeof data, "%s/data", dir);
-    snprintf(out, sizeof out, "%s/out", dir);
-    ck_assert_int_eq(fl_mkdir_p(data, 0700), 0);
     static const char *const topics[] = {
         "the cat sat on the mat",        "rain falls on the plain",
         "a stitch in time saves nine",   "birds of a feather flock",
         "all that glitters is not gold", "the early bird gets the worm"};
+    char path[400];
+    ck_assert_int_eq(fl_mkdir_p(data, 0700), 0);
     for (int t = 0; t < 6; t++) {
         fl_buf_t b;
         fl_buf_init(&b, 1 << 20);
@@ -255,6 +252,20 @@ START_TEST(test_fleet_run)
         ck_assert_int_eq(fl_file_write_atomic(path, b.data, b.len, 0644), 0);
         fl_buf_free(&b);
     }
+}
+
+/* A small fleet end to end: generated topics, the real server, devices
+ * running the real agent over in-process pipes, faults on; with the
+ * byte-level tokenizer (case 0) and with a BPE vocabulary trained on the
+ * corpus (case 1), which the model, the devices and the published versions
+ * then all use. */
+START_TEST(test_fleet_run)
+{
+    char dir[256], data[300], out[300], path[400];
+    fl_test_tmpdir(dir, sizeof dir);
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    write_tiny_corpus(data);
     fl_sim_config_t c;
     memset(&c, 0, sizeof c);
     char err[512] = "";
@@ -284,6 +295,27 @@ START_TEST(test_fleet_run)
         fl_cfg_set(&fl_sim_config_table, &c, "data", data, err, sizeof err), 0);
     ck_assert_int_eq(
         fl_cfg_set(&fl_sim_config_table, &c, "out", out, err, sizeof err), 0);
+    int vocab = FL_TOKENIZER_BYTE_VOCAB;
+    if (_i == 1) {
+        uint8_t *text;
+        size_t tlen;
+        snprintf(path, sizeof path, "%s/topic0", data);
+        ck_assert_int_eq(fl_file_read_all(path, 1 << 20, &text, &tlen), 0);
+        fl_tokenizer_train_opts_t to;
+        fl_tokenizer_train_opts_init(&to);
+        to.vocab_size = 320;
+        fl_tokenizer_t *tok = NULL;
+        ck_assert_int_eq(fl_tokenizer_train_bpe(&to, text, tlen, &tok), 0);
+        vocab = fl_tokenizer_vocab_size(tok);
+        ck_assert_int_gt(vocab, FL_TOKENIZER_BYTE_VOCAB);
+        snprintf(path, sizeof path, "%s/tokenizer.bin", dir);
+        ck_assert_int_eq(fl_tokenizer_save(tok, path), 0);
+        fl_tokenizer_free(tok);
+        fl_free(text);
+        ck_assert_int_eq(fl_cfg_set(&fl_sim_config_table, &c, "tokenizer", path,
+                                    err, sizeof err),
+                         0);
+    }
     fl_log_set_level(FL_LOG_WARN);
     int rc = fl_sim_run(&c, err, sizeof err);
     ck_assert_msg(rc == 0, "%s", err);
@@ -316,31 +348,16 @@ START_TEST(test_fleet_run)
     double l0 = strtod(strstr((char *)js, "\"initial_val_loss\":") + 19, NULL);
     double l1 = strtod(strstr((char *)js, "\"final_val_loss\":") + 17, NULL);
     ck_assert_msg(l1 < l0 - 0.05, "loss %f -> %f", l0, l1);
+    char want[64];
+    snprintf(want, sizeof want, "\"vocab_size\": %d", vocab);
+    ck_assert_ptr_nonnull(strstr((char *)js, want));
+    ck_assert_ptr_nonnull(strstr((char *)js, _i ? "\"tokenizer\": \"bpe:"
+                                                : "\"tokenizer\": \"byte\""));
     fl_free(js);
     fl_cfg_free(&fl_sim_config_table, &c);
     fl_test_rmtree(dir);
 }
 END_TEST
-
-/* Generated topics for the fleet tests: six short proverbs, repeated. */
-static void write_tiny_corpus(const char *data)
-{
-    static const char *const topics[] = {
-        "the cat sat on the mat",        "rain falls on the plain",
-        "a stitch in time saves nine",   "birds of a feather flock",
-        "all that glitters is not gold", "the early bird gets the worm"};
-    char path[400];
-    ck_assert_int_eq(fl_mkdir_p(data, 0700), 0);
-    for (int t = 0; t < 6; t++) {
-        fl_buf_t b;
-        fl_buf_init(&b, 1 << 20);
-        for (int i = 0; i < 120; i++)
-            fl_buf_printf(&b, "%s, number %d.\n%%\n", topics[t], i % 9);
-        snprintf(path, sizeof path, "%s/topic%d", data, t);
-        ck_assert_int_eq(fl_file_write_atomic(path, b.data, b.len, 0644), 0);
-        fl_buf_free(&b);
-    }
-}
 
 /* --compare: a centralized baseline (named by its file) and a federated
  * run (named by its `name` key) on the same data and seed; the flags apply
@@ -459,20 +476,7 @@ START_TEST(test_fleet_tls)
     fl_test_tmpdir(dir, sizeof dir);
     snprintf(data, sizeof data, "%s/data", dir);
     snprintf(out, sizeof out, "%s/out", dir);
-    ck_assert_int_eq(fl_mkdir_p(data, 0700), 0);
-    static const char *const topics[] = {
-        "the cat sat on the mat",        "rain falls on the plain",
-        "a stitch in time saves nine",   "birds of a feather flock",
-        "all that glitters is not gold", "the early bird gets the worm"};
-    for (int t = 0; t < 6; t++) {
-        fl_buf_t b;
-        fl_buf_init(&b, 1 << 20);
-        for (int i = 0; i < 120; i++)
-            fl_buf_printf(&b, "%s, number %d.\n%%\n", topics[t], i % 9);
-        snprintf(path, sizeof path, "%s/topic%d", data, t);
-        ck_assert_int_eq(fl_file_write_atomic(path, b.data, b.len, 0644), 0);
-        fl_buf_free(&b);
-    }
+    write_tiny_corpus(data);
     fl_sim_config_t c;
     memset(&c, 0, sizeof c);
     char err[512] = "";
@@ -530,7 +534,7 @@ Suite *check_sim_suite(void)
     tcase_add_test(tc, test_partition_by_topic);
     tcase_add_test(tc, test_partition_dirichlet);
     tcase_add_test(tc, test_results_files);
-    tcase_add_test(tc, test_fleet_run);
+    tcase_add_loop_test(tc, test_fleet_run, 0, 2);
     tcase_add_test(tc, test_fleet_tls);
     tcase_add_test(tc, test_compare_runs);
     tcase_set_timeout(tc, 600);
