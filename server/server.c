@@ -173,29 +173,37 @@ static int needs_announce(const fl_server_peer_t *p, uint64_t v)
     return p->hello_ok && !p->closing && p->told_version < v;
 }
 
-/* Sends ModelAvailable to at most quota devices; how many still wait. */
+/* Sends ModelAvailable to at most quota devices, those that know the
+ * oldest version first (when versions come faster than the spread, every
+ * device still hears of a recent one within about a spread); returns how
+ * many still wait. */
 static size_t announce_some(fl_server_t *s, size_t quota)
 {
     uint64_t v = s->state.model_version;
-    size_t waiting = 0;
     Flotilla__Envelope e = FLOTILLA__ENVELOPE__INIT;
     Flotilla__ModelAvailable ma = FLOTILLA__MODEL_AVAILABLE__INIT;
     ma.version = v;
     e.body_case = FLOTILLA__ENVELOPE__BODY_MODEL_AVAILABLE;
     e.model_available = &ma;
-    for (fl_server_peer_t *p = s->peers; p; p = p->next) {
-        if (!needs_announce(p, v))
-            continue;
-        if (quota == 0) {
-            waiting++;
-            continue;
+    for (;;) {
+        uint64_t oldest = UINT64_MAX;
+        size_t waiting = 0;
+        for (fl_server_peer_t *p = s->peers; p; p = p->next)
+            if (needs_announce(p, v)) {
+                waiting++;
+                oldest = FL_MIN(oldest, p->told_version);
+            }
+        if (waiting == 0 || quota == 0)
+            return waiting;
+        for (fl_server_peer_t *p = s->peers; p && quota > 0; p = p->next) {
+            if (!needs_announce(p, v) || p->told_version != oldest)
+                continue;
+            quota--;
+            p->told_version = v;
+            if (fl_server_peer_send(p, &e) == 0)
+                s->metrics.announcements++;
         }
-        quota--;
-        p->told_version = v;
-        if (fl_server_peer_send(p, &e) == 0)
-            s->metrics.announcements++;
     }
-    return waiting;
 }
 
 static void on_announce_timer(uv_timer_t *t)

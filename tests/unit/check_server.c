@@ -1347,6 +1347,55 @@ START_TEST(test_round_announces_new_version)
 }
 END_TEST
 
+/* Versions faster than the spread: the devices that know the oldest
+ * version are told first, so none waits for ever. Six devices, one told a
+ * tick; after two are told of version 1, version 2 arrives: the four that
+ * know only version 0 are told before those two. */
+START_TEST(test_announce_oldest_first)
+{
+    fixture_t fx;
+    fake_t fs[6];
+    fixture_new(&fx, 6, fs, 6);
+    static const char *const kv[][2] = {{"round-interval-ms", "3600000"},
+                                        {"announce-spread-ms", "2000"}};
+    fx_set(&fx, kv, FL_ARRAY_LEN(kv));
+    fixture_start(&fx, &test_engine, NULL);
+    for (int i = 0; i < 6; i++) {
+        fake_connect(fx.s, &fs[i]);
+        fake_expect(&fs[i], FLOTILLA__ENVELOPE__BODY_HELLO_RESULT);
+    }
+    const fl_server_metrics_t *m = fl_server_metrics(fx.s);
+    fx.s->state.model_version = 1;
+    fl_server_announce(fx.s);
+    RUN_UNTIL(&fx, m->announcements == 2);
+    int first[6] = {0};
+    for (int i = 0; i < 6; i++) {
+        fl_envelope_t *e = fake_next(&fs[i]);
+        if (e) {
+            ck_assert_int_eq(e->body_case,
+                             FLOTILLA__ENVELOPE__BODY_MODEL_AVAILABLE);
+            ck_assert_uint_eq(e->model_available->version, 1);
+            first[i] = 1;
+        }
+    }
+    fx.s->state.model_version = 2;
+    fl_server_announce(fx.s);
+    RUN_UNTIL(&fx, m->announcements == 6);
+    for (int i = 0; i < 6; i++) { /* the four that knew version 0 */
+        fl_envelope_t *e = fake_next(&fs[i]);
+        ck_assert(first[i] ? e == NULL : e != NULL);
+        if (e)
+            ck_assert_uint_eq(e->model_available->version, 2);
+    }
+    RUN_UNTIL(&fx, m->announcements == 8);
+    for (int i = 0; i < 6; i++) { /* then the two others, once */
+        fl_envelope_t *e = fake_next(&fs[i]);
+        ck_assert(first[i] ? e != NULL : e == NULL);
+    }
+    fixture_free(&fx, fs, 6);
+}
+END_TEST
+
 /* ---- a device secure aggregation leaves out ------------------------------
  * The test engine in secure-aggregation mode: it takes every phase's
  * message, sums the inputs as te does, and has nothing to ask the device
@@ -2939,6 +2988,7 @@ Suite *check_server_suite(void)
     tcase_add_test(tc, test_round_budget_spent);
     tcase_add_test(tc, test_round_left_out_is_told);
     tcase_add_loop_test(tc, test_round_announces_new_version, 0, 3);
+    tcase_add_test(tc, test_announce_oldest_first);
     suite_add_tcase(s, tc);
     TCase *pc = tcase_create("process");
     tcase_set_timeout(pc, 60);
