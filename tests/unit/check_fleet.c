@@ -35,36 +35,6 @@ static int free_port(void)
     return ntohs(a.sin_port);
 }
 
-/* Starts `flotilla ARGS` with output to log; returns the pid. */
-static pid_t spawn(const char *log, const char *args)
-{
-    char bin[512], cmd[4096];
-    fl_test_flotilla(bin, sizeof bin);
-    snprintf(cmd, sizeof cmd, "exec %s %s >>'%s' 2>&1", bin, args, log);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Waits for pid; its exit status, or -1 when killed, -2 on timeout. */
-static int wait_exit(pid_t pid, int seconds)
-{
-    for (int i = 0; i < seconds * 20; i++) {
-        int st;
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        usleep(50000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -2;
-}
-
 /* The server's last completed round (0 when no state yet). */
 static uint64_t server_round(const char *dir, char *model_dir, size_t len)
 {
@@ -270,7 +240,8 @@ START_TEST(test_fleet_of_daemons)
         ck_assert_uint_eq(strlen(hex), 64);
         snprintf(path, sizeof path, "server enroll --state '%s/server' %s",
                  base, hex);
-        ck_assert_int_eq(wait_exit(spawn(slog, path), 30), 0);
+        ck_assert_int_eq(
+            fl_test_wait_exit(fl_test_spawn_flotilla(slog, path), 30), 0);
         char cini[700], text[2048];
         snprintf(cini, sizeof cini, "%s/dev%d.ini", base, i);
         snprintf(
@@ -284,11 +255,11 @@ START_TEST(test_fleet_of_daemons)
                          0);
         snprintf(path, sizeof path, "client --config '%s'", cini);
         snprintf(cini, sizeof cini, "%s/dev%d.log", base, i);
-        cl[i] = spawn(cini, path);
+        cl[i] = fl_test_spawn_flotilla(cini, path);
     }
     usleep(500000);
     snprintf(path, sizeof path, "server --config '%s'", ini);
-    pid_t srv = spawn(slog, path);
+    pid_t srv = fl_test_spawn_flotilla(slog, path);
 
     snprintf(path, sizeof path, "%s/server", base);
     wait_round(path, 2, 180, slog);
@@ -307,9 +278,9 @@ START_TEST(test_fleet_of_daemons)
     /* SIGKILL the server in the middle of its rounds; restart it. */
     uint64_t before = server_round(path, NULL, 0);
     ck_assert_int_eq(kill(srv, SIGKILL), 0);
-    ck_assert_int_eq(wait_exit(srv, 20), -1);
+    ck_assert_int_eq(fl_test_wait_exit(srv, 20), -1);
     snprintf(line, sizeof line, "server --config '%s'", ini);
-    srv = spawn(slog, line);
+    srv = fl_test_spawn_flotilla(slog, line);
     wait_round(path, before + 2, 180, slog);
 
     /* Memory under the cap, reported. */
@@ -322,10 +293,10 @@ START_TEST(test_fleet_of_daemons)
     }
     /* Clean stops. */
     ck_assert_int_eq(kill(srv, SIGTERM), 0);
-    ck_assert_int_eq(wait_exit(srv, 60), 0);
+    ck_assert_int_eq(fl_test_wait_exit(srv, 60), 0);
     for (int i = 0; i < NCLIENTS; i++) {
         ck_assert_int_eq(kill(cl[i], SIGTERM), 0);
-        ck_assert_int_eq(wait_exit(cl[i], 60), 0);
+        ck_assert_int_eq(fl_test_wait_exit(cl[i], 60), 0);
     }
     /* Every device took part after the restart. */
     for (int i = 0; i < NCLIENTS; i++) {
@@ -451,7 +422,8 @@ START_TEST(test_text_stays_on_device)
         fl_hex_encode(hex, pk, 32);
         snprintf(path, sizeof path, "server enroll --state '%s/server' %s",
                  base, hex);
-        ck_assert_int_eq(wait_exit(spawn(slog, path), 30), 0);
+        ck_assert_int_eq(
+            fl_test_wait_exit(fl_test_spawn_flotilla(slog, path), 30), 0);
         memset(&rec[i], 0, sizeof rec[i]);
         fl_buf_init(&rec[i].sent, 1u << 30);
         snprintf(state, sizeof state, "%s/dev%d", base, i);
@@ -466,7 +438,7 @@ START_TEST(test_text_stays_on_device)
         ck_assert_int_eq(fl_client_agent_new(&ao, &rec[i].agent), 0);
     }
     snprintf(path, sizeof path, "server --config '%s'", ini);
-    pid_t srv = spawn(slog, path);
+    pid_t srv = fl_test_spawn_flotilla(slog, path);
     for (int i = 0; i < 100; i++) { /* the listener */
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         struct sockaddr_in a = {.sin_family = AF_INET,
@@ -503,7 +475,7 @@ START_TEST(test_text_stays_on_device)
         ck_assert_msg(rec[i].rounds_ok >= 2, "device %d completed %d rounds", i,
                       rec[i].rounds_ok);
     kill(srv, SIGTERM);
-    ck_assert_int_eq(wait_exit(srv, 60), 0);
+    ck_assert_int_eq(fl_test_wait_exit(srv, 60), 0);
 
     /* No 8-byte run of a device's text is in anything it sent. */
     for (int i = 0; i < NCLIENTS; i++) {

@@ -1586,43 +1586,18 @@ END_TEST
 /* ---- the process ----------------------------------------------------------
  */
 
+/* The server over plain TCP on a free port, its metrics on mport; its
+ * log written anew. */
 static pid_t spawn_server(const char *dir, int mport, const char *log)
 {
-    char port[16];
-    snprintf(port, sizeof port, "%d", mport);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        FILE *f = freopen(log, "w", stderr);
-        (void)f;
-        char *const args[] = {"server",    "--state",
-                              (char *)dir, "--transport",
-                              "tcp",       "--listen",
-                              "127.0.0.1", "--port",
-                              "0",         "--metrics-listen",
-                              "127.0.0.1", "--metrics-port",
-                              port,        "--round-interval-ms",
-                              "50",        NULL};
-        fl_test_exec_flotilla(args);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Waits (bounded) for the process; returns its exit status or -1. */
-static int wait_exit(pid_t pid, double limit_s)
-{
-    double t0 = fl_time_mono_s();
-    int st = 0;
-    while (fl_time_mono_s() - t0 < limit_s) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        usleep(10000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
+    char args[1024];
+    snprintf(args, sizeof args,
+             "server --state '%s' --transport tcp --listen 127.0.0.1 --port 0 "
+             "--metrics-listen 127.0.0.1 --metrics-port %d "
+             "--round-interval-ms 50",
+             dir, mport);
+    fl_test_system(": > '%s'", log);
+    return fl_test_spawn_flotilla(log, args);
 }
 
 START_TEST(test_process_metrics_sighup_sigterm)
@@ -1688,7 +1663,7 @@ START_TEST(test_process_metrics_sighup_sigterm)
     }
 
     ck_assert_int_eq(kill(pid, SIGTERM), 0);
-    ck_assert_int_eq(wait_exit(pid, 20), 0);
+    ck_assert_int_eq(fl_test_wait_exit(pid, 20), 0);
     ck_assert_int_eq(fl_test_system("grep -q 'SIGTERM' %s", log), 0);
     fl_test_rmtree(dir);
 }
@@ -1709,7 +1684,7 @@ START_TEST(test_process_refuses_corrupt_state)
                                     path),
                      0);
     pid_t pid = spawn_server(dir, free_port(), log);
-    ck_assert_int_eq(wait_exit(pid, 20), 1);
+    ck_assert_int_eq(fl_test_wait_exit(pid, 20), 1);
     ck_assert_int_eq(fl_test_system("grep -q 'checksum mismatch' %s", log), 0);
     fl_test_rmtree(dir);
 }
@@ -2432,16 +2407,9 @@ static void wait_port(int port)
 
 static pid_t spawn_config(const char *ini, const char *log)
 {
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        FILE *f = freopen(log, "a", stderr);
-        (void)f;
-        char *const args[] = {"server", "--config", (char *)ini, NULL};
-        fl_test_exec_flotilla(args);
-        _exit(127);
-    }
-    return pid;
+    char args[600];
+    snprintf(args, sizeof args, "server --config '%s'", ini);
+    return fl_test_spawn_flotilla(log, args);
 }
 
 #define RUN_LOOP_UNTIL(loop, cond)                                             \
@@ -2499,7 +2467,7 @@ START_TEST(test_crash_sigkill_resume)
         ck_assert_uint_eq(ic[i].result_version, 2);
     }
     ck_assert_int_eq(kill(pid, SIGKILL), 0);
-    ck_assert_int_eq(wait_exit(pid, 20), -1); /* killed, not exited */
+    ck_assert_int_eq(fl_test_wait_exit(pid, 20), -1); /* killed, not exited */
     RUN_LOOP_UNTIL(&fx.loop, ic[0].closed && ic[1].closed && ic[2].closed);
 
     /* On disk: the last completed round and its signed version. */
@@ -2529,7 +2497,7 @@ START_TEST(test_crash_sigkill_resume)
         ck_assert_uint_eq(ic[i].result_version, 3);
     }
     ck_assert_int_eq(kill(pid, SIGTERM), 0);
-    ck_assert_int_eq(wait_exit(pid, 30), 0);
+    ck_assert_int_eq(fl_test_wait_exit(pid, 30), 0);
     RUN_LOOP_UNTIL(&fx.loop, ic[0].closed && ic[1].closed && ic[2].closed);
     fl_server_state_init(&st);
     ck_assert_int_eq(fl_server_state_load(fx.dir, &st, err, sizeof err), 0);
@@ -2694,7 +2662,7 @@ START_TEST(test_process_tls_faults)
                         1);
     free(r);
     ck_assert_int_eq(kill(pid, SIGTERM), 0);
-    ck_assert_int_eq(wait_exit(pid, 30), 0);
+    ck_assert_int_eq(fl_test_wait_exit(pid, 30), 0);
     fl_test_rmtree(dir);
 }
 END_TEST

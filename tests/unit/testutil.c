@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
+#include <signal.h>
 
 static const char *env_or(const char *name, const char *def)
 {
@@ -51,6 +53,34 @@ void fl_test_exec_flotilla(char *const args[])
         argv[n++] = args[i];
     argv[n] = NULL;
     execvp(argv[0], argv);
+}
+
+pid_t fl_test_spawn_flotilla(const char *log, const char *args)
+{
+    char bin[1024], cmd[8192];
+    fl_test_flotilla(bin, sizeof bin);
+    snprintf(cmd, sizeof cmd, "exec %s %s >>'%s' 2>&1", bin, args, log);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+int fl_test_wait_exit(pid_t pid, double seconds)
+{
+    double t0 = fl_time_mono_s();
+    int st = 0;
+    while (fl_time_mono_s() - t0 < seconds) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        usleep(10000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -2;
 }
 
 int fl_test_emulated(void)

@@ -11,6 +11,7 @@
 #include <check.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Path of a file in the source tree / build tree (static buffer per call
  * site is not safe: the result is written into out). */
@@ -24,6 +25,12 @@ const char *fl_test_flotilla(char *out, size_t outlen);
 /* Replaces the process with flotilla (under the wrapper, if any) and the
  * NULL-terminated args; returns only when exec fails. */
 void fl_test_exec_flotilla(char *const args[]);
+/* Starts `flotilla <args>` (args: shell words, quoted by the caller) in a
+ * child whose output is appended to log; returns its pid. */
+pid_t fl_test_spawn_flotilla(const char *log, const char *args);
+/* Waits at most seconds for pid: its exit status, -1 when a signal ended
+ * it, -2 when it was still running (it is then killed). */
+int fl_test_wait_exit(pid_t pid, double seconds);
 /* 1 when the tests run under an emulator (FL_EXEC_WRAPPER set, as in
  * cross builds under qemu-user): suites that train models or run many
  * rounds then use smaller sizes, with the same assertions. */
