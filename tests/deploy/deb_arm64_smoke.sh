@@ -20,39 +20,13 @@
 # Nothing is installed; the temporary directory is removed at the end.
 set -eu
 
-build=1
-for a in "$@"; do
-    case "$a" in
-        --no-build) build=0 ;;
-        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-        *) echo "deb_arm64_smoke.sh: unknown argument '$a'" >&2; exit 2 ;;
-    esac
-done
+name=deb_arm64_smoke
+. "$(dirname "$0")/lib.sh"
 
-say() { echo "deb_arm64_smoke: $*"; }
-fail() { echo "deb_arm64_smoke: FAIL: $*" >&2; exit 1; }
-
-cd "$(dirname "$0")/../.."
-[ -f deploy/debian/control ] || fail "run from the flotilla source tree"
 command -v qemu-aarch64 >/dev/null || fail "qemu-aarch64 not found (qemu-user)"
 [ -e /lib/ld-linux-aarch64.so.1 ] || fail "no arm64 libc (deploy/install-deps.sh --cross arm64)"
 
-version=$(sed -n 's/^VERSION *:= *//p' Makefile)
 deb=build/deb-arm64/flotilla_${version}_arm64.deb
-
-tmp=$(mktemp -d)
-server_pid=""
-cleanup() {
-    rc=$?
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -KILL "$server_pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-    if [ "$rc" = 0 ]; then say "PASS"; else say "failed (status $rc)"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
 
 # ---- 1. build ---------------------------------------------------------------
 if [ "$build" = 1 ]; then

@@ -23,47 +23,24 @@
 # already installed (as a package or as /usr/bin/flotilla).
 set -eu
 
-build=1
-for a in "$@"; do
-    case "$a" in
-        --no-build) build=0 ;;
-        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-        *) echo "deb_smoke.sh: unknown argument '$a'" >&2; exit 2 ;;
-    esac
-done
-
-say() { echo "deb_smoke: $*"; }
-fail() { echo "deb_smoke: FAIL: $*" >&2; exit 1; }
+name=deb_smoke
+. "$(dirname "$0")/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (it installs a package)"
-cd "$(dirname "$0")/../.."
-[ -f deploy/debian/control ] || fail "run from the flotilla source tree"
 if dpkg-query -W -f='${Status}' flotilla 2>/dev/null | grep -q installed; then
     fail "the flotilla package is already installed; remove it first"
 fi
 [ ! -e /usr/bin/flotilla ] || fail "/usr/bin/flotilla exists; remove it first"
 
-version=$(sed -n 's/^VERSION *:= *//p' Makefile)
 arch=$(dpkg --print-architecture)
 deb=build/deb/flotilla_${version}_${arch}.deb
 
-tmp=$(mktemp -d)
 installed=0
-server_pid=""
-cleanup() {
-    rc=$?
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -KILL "$server_pid" 2>/dev/null || true
-    fi
+cleanup_more() {
     if [ "$installed" = 1 ]; then
         dpkg -P flotilla >/dev/null 2>&1 || true
     fi
-    rm -rf "$tmp"
-    if [ "$rc" = 0 ]; then say "PASS"; else say "failed (status $rc)"; fi
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 1' INT TERM
 
 # ---- 1. build ---------------------------------------------------------------
 if [ "$build" = 1 ]; then
