@@ -684,6 +684,20 @@ static int on_invite(fl_client_agent_t *a, fl_envelope_t *env)
     if (a->round) { /* a new invitation ends what is left of the last one */
         round_end(a, FL_EABORTED, "superseded by a new invitation");
     }
+    /* The device's own policy, before anything is spent on the round. */
+    why[0] = '\0';
+    if (a->o.require_secagg && !cfg->secagg->enabled)
+        snprintf(why, sizeof why,
+                 "secure aggregation is off and this device requires it");
+    else if (cfg->secagg->n_participants < a->o.min_participants)
+        snprintf(why, sizeof why,
+                 "%zu invitees, this device requires at least %u",
+                 cfg->secagg->n_participants, a->o.min_participants);
+    if (why[0]) {
+        rc = decline(a, round, why);
+        fl_proto_free(env);
+        return rc;
+    }
     if (a->model && cfg->model_version != a->version && a->trainings == 0) {
         /* A version committed while a training was in flight. */
         uint64_t v;

@@ -33,16 +33,18 @@ typedef struct {
     char *identity_key; /* this device's Ed25519 key file */
     char *client_cert;  /* mutual TLS (optional) */
     char *client_key;
-    char *data_dir;    /* the device's text */
-    char *tokenizer;   /* tokenizer.bin of the fleet's models; "" = bytes */
-    char *state_dir;   /* identity, models, residual, journal */
-    char *socket_path; /* local inference socket; "" = none */
-    int64_t threads;   /* training threads */
-    int64_t memory_mb; /* memory cap for training */
-    int64_t nice;      /* scheduling priority of the training thread */
-    char *windows;     /* "HH:MM-HH:MM[,HH:MM-HH:MM...]"; "" = any time */
-    int ac_only;       /* take part only on mains power */
-    double max_load;   /* 1-minute load average above which we decline */
+    char *data_dir;     /* the device's text */
+    char *tokenizer;    /* tokenizer.bin of the fleet's models; "" = bytes */
+    char *state_dir;    /* identity, models, residual, journal */
+    char *socket_path;  /* local inference socket; "" = none */
+    int64_t threads;    /* training threads */
+    int64_t memory_mb;  /* memory cap for training */
+    int64_t nice;       /* scheduling priority of the training thread */
+    char *windows;      /* "HH:MM-HH:MM[,HH:MM-HH:MM...]"; "" = any time */
+    int ac_only;        /* take part only on mains power */
+    double max_load;    /* 1-minute load average above which we decline */
+    int require_secagg; /* decline rounds without secure aggregation */
+    int64_t min_participants; /* decline rounds of fewer invitees */
     char *log_level;
     int log_json;
 } fl_client_config_t;
@@ -271,6 +273,11 @@ typedef struct {
     /* Its reference (fl_client_tokenizer_ref), borrowed: a model that names
      * another tokenizer is refused too. NULL = not checked. */
     const char *tokenizer_ref;
+    /* The device's own policy for rounds, checked before anything is spent
+     * on an invitation: decline rounds without secure aggregation, and
+     * rounds of fewer than min_participants invitees (0 = any). */
+    int require_secagg;
+    uint32_t min_participants;
     /* 1 when the device may train now, else 0 and a reason; NULL: always */
     int (*eligible)(void *ctx, char *why, size_t whylen);
     void (*on_event)(void *ctx, const fl_client_event_t *ev); /* may be NULL */

@@ -55,6 +55,11 @@ static const fl_cfg_opt_t client_opts[] = {
      "local time windows for training, e.g. 22:00-06:00 (\"\" = any time)"},
     OPT("ac-only", FL_CFG_BOOL, ac_only, "false", 1, 0,
         "take part only on mains power"),
+    OPT("require-secagg", FL_CFG_BOOL, require_secagg, "true", 1, 0,
+        "decline rounds without secure aggregation (the server would see "
+        "this device's update)"),
+    OPT("min-participants", FL_CFG_INT, min_participants, "3", 3, 1000000,
+        "decline rounds with fewer invitees"),
     OPT("max-load", FL_CFG_DOUBLE, max_load, "4", 0, 1024,
         "decline rounds above this 1-minute load average"),
     {"log-level", FL_CFG_STRING, offsetof(fl_client_config_t, log_level),

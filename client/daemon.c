@@ -411,6 +411,8 @@ int fl_client_run(const fl_client_config_t *cfg, char *err, size_t errlen)
         goto out;
     }
     ao.tokenizer_ref = tokref;
+    ao.require_secagg = cfg->require_secagg;
+    ao.min_participants = (uint32_t)cfg->min_participants;
     memcpy(&ao.seed, seed, sizeof seed);
     ao.eligible = eligible;
     ao.on_event = on_event;

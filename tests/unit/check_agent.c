@@ -99,6 +99,8 @@ typedef struct {
     const char *config_json; /* the next publish's manifest config */
     uint32_t vocab;          /* the agent's tokenizer, 0/NULL: unchecked */
     const char *tokref;
+    int require_secagg; /* the agent's round policy */
+    uint32_t min_participants;
 } fx_t;
 
 static void publish(fx_t *f, uint64_t version, uint64_t seed)
@@ -161,6 +163,8 @@ static void fx_agent(fx_t *f)
                                 .seed = 3,
                                 .vocab_size = f->vocab,
                                 .tokenizer_ref = f->tokref,
+                                .require_secagg = f->require_secagg,
+                                .min_participants = f->min_participants,
                                 .on_event = on_event,
                                 .ctx = &f->ev};
     fl_artifact_key_public(f->signer, o.signing_pub);
@@ -562,6 +566,72 @@ START_TEST(test_model_for_another_tokenizer_refused)
 }
 END_TEST
 
+/* The device's round policy: an invitation without secure aggregation, or
+ * with fewer invitees than the device requires, is declined at once, with
+ * the reason, before the model it names is even fetched; one that meets
+ * the policy is not. */
+START_TEST(test_round_policy_declines)
+{
+    fx_t f;
+    fx_init(&f);
+    f.require_secagg = 1;
+    f.min_participants = 5;
+    publish(&f, 1, 61);
+    fx_agent(&f);
+    do_hello(&f, 0); /* no model yet: a fetch would be the first answer */
+    uint8_t nonce[32] = {7};
+    uint32_t ids[5] = {1, 2, 3, 4, 5};
+    Flotilla__TrainingConfig tc = FLOTILLA__TRAINING_CONFIG__INIT;
+    Flotilla__CodecConfig cc = FLOTILLA__CODEC_CONFIG__INIT;
+    Flotilla__SecAggConfig sa = FLOTILLA__SEC_AGG_CONFIG__INIT;
+    Flotilla__Deadlines dl = FLOTILLA__DEADLINES__INIT;
+    Flotilla__RoundConfig rc = FLOTILLA__ROUND_CONFIG__INIT;
+    rc.round_nonce.data = nonce;
+    rc.round_nonce.len = 32;
+    rc.model_version = 1;
+    rc.training = &tc;
+    rc.codec = &cc;
+    rc.secagg = &sa;
+    rc.deadlines = &dl;
+    rc.client_id = 1;
+    sa.participants = ids;
+    Flotilla__RoundInvite inv = FLOTILLA__ROUND_INVITE__INIT;
+    inv.config = &rc;
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_INVITE;
+    e.round_invite = &inv;
+    static const struct {
+        int secagg;
+        size_t n;
+        const char *why;
+    } cases[] = {{0, 5, "secure aggregation is off"},
+                 {1, 4, "4 invitees, this device requires at least 5"},
+                 {1, 5, NULL}};
+    for (size_t i = 0; i < FL_ARRAY_LEN(cases); i++) {
+        rc.round = 10 + i;
+        sa.enabled = cases[i].secagg;
+        sa.n_participants = cases[i].n;
+        deliver(f.agent, &e);
+        ck_assert_int_eq(f.wire.n, 1);
+        if (cases[i].why) {
+            fl_envelope_t *acc =
+                take(&f.wire, FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT);
+            ck_assert(!acc->round_accept->accept);
+            ck_assert_uint_eq(acc->round_accept->round, 10 + i);
+            ck_assert_ptr_nonnull(
+                strstr(acc->round_accept->reason, cases[i].why));
+            fl_proto_free(acc);
+            ck_assert_int_eq(last_event(&f.ev), FL_CLIENT_EV_DECLINED);
+        } else { /* within the policy: the model is fetched first */
+            ck_assert_int_eq(f.wire.q[0]->body_case,
+                             FLOTILLA__ENVELOPE__BODY_MANIFEST_REQUEST);
+        }
+    }
+    drain(&f.wire);
+    fx_free(&f);
+}
+END_TEST
+
 START_TEST(test_plain_round)
 {
     fx_t f;
@@ -905,6 +975,7 @@ Suite *check_agent_suite(void)
     tcase_add_test(tc, test_invite_waits_for_newer_model);
     tcase_add_test(tc, test_announced_version_is_fetched);
     tcase_add_test(tc, test_model_for_another_tokenizer_refused);
+    tcase_add_test(tc, test_round_policy_declines);
     tcase_add_test(tc, test_model_cache);
     tcase_add_test(tc, test_update_reads_global_only);
     suite_add_tcase(s, tc);
