@@ -125,23 +125,10 @@ int fl_sim__central_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
         tmp[0] = '\0';
         return FL_EIO;
     }
-    if ((rc = fl_client_tokenizer(cfg->tokenizer, &tok, err, errlen)) < 0)
+    /* The same tokenizer, corpus, partition and initial model as the
+     * federated runs. */
+    if ((rc = fl_sim__prepare(cfg, &tok, &corpus, &part, err, errlen)) < 0)
         goto out;
-
-    /* The same corpus, partition and initial model as the federated runs. */
-    if ((rc = fl_sim__load_corpus(cfg, &corpus, err, errlen)) < 0)
-        goto out;
-    fl_sim_split_t split = {.mode = cfg->split,
-                            .alpha = cfg->alpha,
-                            .n_clients = (int)cfg->clients,
-                            .n_public_topics = (int)cfg->public_topics,
-                            .val_fraction = 0,
-                            .seed = (uint64_t)cfg->seed};
-    if ((rc = fl_sim_partition(&corpus, &split, &part)) < 0) {
-        snprintf(err, errlen, "cannot split the data into %lld devices",
-                 (long long)cfg->clients);
-        goto out;
-    }
     fl_buf_t pub;
     fl_buf_init(&pub, (size_t)cfg->max_mb << 20);
     rc = fl_sim__records_text(&corpus, part.public_idx, part.n_public, &pub);
@@ -169,22 +156,7 @@ int fl_sim__central_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
     }
     double tokens = 0;
     for (int i = 0; i < ndev && rc == 0; i++) {
-        fl_buf_t text;
-        fl_buf_init(&text, (size_t)cfg->max_mb << 20);
-        rc = fl_sim__records_text(&corpus, part.train_idx + part.train_off[i],
-                                  part.train_off[i + 1] - part.train_off[i],
-                                  &text);
-        fl_data_opts_t o;
-        fl_data_opts_init(&o);
-        o.val_fraction = cfg->val_fraction;
-        o.seed = (uint64_t)cfg->seed;
-        o.chunk_tokens = (size_t)cfg->seq_len * 2;
-        char name[32];
-        snprintf(name, sizeof name, "device-%d", i);
-        if (rc == 0)
-            rc =
-                fl_data_load_text(&o, tok, text.data, text.len, name, &data[i]);
-        fl_buf_free(&text);
+        rc = fl_sim__device_data(cfg, &corpus, &part, i, tok, &data[i]);
         size_t n = 0;
         if (rc == 0)
             fl_data_tokens(data[i], FL_DATA_TRAIN, &n);

@@ -984,26 +984,12 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
                  strerror(errno));
         return FL_EIO;
     }
-    if ((rc = fl_client_tokenizer(cfg->tokenizer, &f.tok, err, errlen)) < 0 ||
+    /* The tokenizer, and the corpus split into devices and public
+     * topics. */
+    if ((rc = fl_sim__prepare(cfg, &f.tok, &corpus, &part, err, errlen)) < 0 ||
         (rc = fl_client_tokenizer_ref(f.tok, f.tokref, sizeof f.tokref)) < 0 ||
         (rc = fl_client_model_cache_new(&f.cache)) < 0)
         goto out;
-
-    /* The corpus, split into devices and public topics. */
-    fl_sim_corpus_free(&corpus);
-    if ((rc = load_corpus(cfg, &corpus, err, errlen)) < 0)
-        goto out;
-    fl_sim_split_t split = {.mode = cfg->split,
-                            .alpha = cfg->alpha,
-                            .n_clients = (int)cfg->clients,
-                            .n_public_topics = (int)cfg->public_topics,
-                            .val_fraction = 0,
-                            .seed = (uint64_t)cfg->seed};
-    if ((rc = fl_sim_partition(&corpus, &split, &part)) < 0) {
-        snprintf(err, errlen, "cannot split the data into %lld devices",
-                 (long long)cfg->clients);
-        goto out;
-    }
     FL_INFO("data: %zu records in %d topics; %d devices, %d public topics "
             "(%zu records)",
             corpus.n_records, corpus.n_topics, part.n_clients,
@@ -1052,21 +1038,7 @@ int fl_sim_run(const fl_sim_config_t *cfg, char *err, size_t errlen)
         d->idx = i;
         d->f = &f;
         fl_rng_seed(&d->rng, (uint64_t)cfg->seed * 1000003u + (uint64_t)i);
-        fl_buf_t text;
-        fl_buf_init(&text, (size_t)cfg->max_mb << 20);
-        rc = records_text(&corpus, part.train_idx + part.train_off[i],
-                          part.train_off[i + 1] - part.train_off[i], &text);
-        fl_data_opts_t o;
-        fl_data_opts_init(&o);
-        o.val_fraction = cfg->val_fraction;
-        o.seed = (uint64_t)cfg->seed;
-        o.chunk_tokens = (size_t)cfg->seq_len * 2;
-        char name[32];
-        snprintf(name, sizeof name, "device-%d", i);
-        if (rc == 0)
-            rc = fl_data_load_text(&o, f.tok, text.data, text.len, name,
-                                   &d->data);
-        fl_buf_free(&text);
+        rc = fl_sim__device_data(cfg, &corpus, &part, i, f.tok, &d->data);
         uint8_t pk[32];
         if (rc == 0 && (rc = fl_artifact_key_generate(&d->id)) == 0) {
             fl_artifact_key_public(d->id, pk);
@@ -1268,10 +1240,47 @@ out:
 
 /* ---- shared with sim/central.c (sim/sim_internal.h) ---- */
 
-int fl_sim__load_corpus(const fl_sim_config_t *cfg, fl_sim_corpus_t *c,
-                        char *err, size_t errlen)
+int fl_sim__prepare(const fl_sim_config_t *cfg, fl_tokenizer_t **tok,
+                    fl_sim_corpus_t *c, fl_sim_partition_t *part, char *err,
+                    size_t errlen)
 {
-    return load_corpus(cfg, c, err, errlen);
+    int rc = fl_client_tokenizer(cfg->tokenizer, tok, err, errlen);
+    if (rc < 0)
+        return rc;
+    fl_sim_corpus_free(c);
+    if ((rc = load_corpus(cfg, c, err, errlen)) < 0)
+        return rc;
+    fl_sim_split_t split = {.mode = cfg->split,
+                            .alpha = cfg->alpha,
+                            .n_clients = (int)cfg->clients,
+                            .n_public_topics = (int)cfg->public_topics,
+                            .val_fraction = 0,
+                            .seed = (uint64_t)cfg->seed};
+    if ((rc = fl_sim_partition(c, &split, part)) < 0)
+        snprintf(err, errlen, "cannot split the data into %lld devices",
+                 (long long)cfg->clients);
+    return rc;
+}
+
+int fl_sim__device_data(const fl_sim_config_t *cfg, const fl_sim_corpus_t *c,
+                        const fl_sim_partition_t *part, int i,
+                        const fl_tokenizer_t *tok, fl_data_t **out)
+{
+    fl_buf_t text;
+    fl_buf_init(&text, (size_t)cfg->max_mb << 20);
+    int rc = records_text(c, part->train_idx + part->train_off[i],
+                          part->train_off[i + 1] - part->train_off[i], &text);
+    fl_data_opts_t o;
+    fl_data_opts_init(&o);
+    o.val_fraction = cfg->val_fraction;
+    o.seed = (uint64_t)cfg->seed;
+    o.chunk_tokens = (size_t)cfg->seq_len * 2;
+    char name[32];
+    snprintf(name, sizeof name, "device-%d", i);
+    if (rc == 0)
+        rc = fl_data_load_text(&o, tok, text.data, text.len, name, out);
+    fl_buf_free(&text);
+    return rc;
 }
 
 int fl_sim__records_text(const fl_sim_corpus_t *c, const size_t *idx, size_t n,
