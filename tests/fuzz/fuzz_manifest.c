@@ -1,6 +1,6 @@
 /* tests/fuzz/fuzz_manifest.c — the strict manifest parser on arbitrary
  * bytes. Whatever it accepts must encode canonically: encode(parse(x))
- * parses again to the same encoding. */
+ * parses again to the same encoding; its config values read safely. */
 #include "artifact/artifact.h"
 
 #include <string.h>
@@ -37,6 +37,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < m->nfiles; i++)
         if (fl_artifact_manifest_file(m, m->files[i].name) != &m->files[i])
             __builtin_trap(); /* names are unique */
+    /* What devices read from the config: the architecture's values. */
+    uint64_t u;
+    char str[80];
+    static const char *const keys[] = {"vocab_size", "dim", "tokenizer"};
+    for (size_t i = 0; i < 3; i++) {
+        int r = fl_artifact_manifest_config_u64(m, "architecture", keys[i], &u);
+        if (r != 0 && r != FL_ENOENT && r != FL_EFORMAT)
+            __builtin_trap();
+        r = fl_artifact_manifest_config_str(m, "architecture", keys[i], str,
+                                            sizeof str);
+        if (r == 0 && memchr(str, '\0', sizeof str) == NULL)
+            __builtin_trap();
+    }
     fl_buf_free(&a);
     fl_buf_free(&b);
     fl_artifact_manifest_free(m2);
