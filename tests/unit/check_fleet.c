@@ -332,6 +332,36 @@ START_TEST(test_fleet_of_daemons)
     snprintf(line, sizeof line, "%s/model.q8", model_dir);
     ck_assert_int_eq(fl_q8_model_load(line, &q8), 0);
     fl_q8_model_free(q8);
+    /* `flotilla client infer` on a device's store generates with the
+     * fleet's tokenizer (byte-level) and refuses one of another
+     * vocabulary. */
+    char bin[512];
+    fl_test_flotilla(bin, sizeof bin);
+    ck_assert_int_eq(
+        fl_test_system("%s client infer --state '%s/dev0' --signing-pub "
+                       "'%s/sign.pub' --prompt 'a' --max-tokens 4 "
+                       ">/dev/null 2>&1",
+                       bin, base, base),
+        0);
+    static const char corpus[] = "the cat sat on the mat and the cat ran";
+    fl_tokenizer_train_opts_t to;
+    fl_tokenizer_train_opts_init(&to);
+    to.vocab_size = 270;
+    fl_tokenizer_t *bpe = NULL;
+    ck_assert_int_eq(fl_tokenizer_train_bpe(&to, (const uint8_t *)corpus,
+                                            sizeof corpus - 1, &bpe),
+                     0);
+    snprintf(line, sizeof line, "%s/bpe.bin", base);
+    ck_assert_int_eq(fl_tokenizer_save(bpe, line), 0);
+    fl_tokenizer_free(bpe);
+    ck_assert_int_ne(
+        fl_test_system("%s client infer --state '%s/dev0' --signing-pub "
+                       "'%s/sign.pub' --tokenizer '%s' --prompt 'a' "
+                       "2>'%s/infer.err' >/dev/null",
+                       bin, base, base, line, base),
+        0);
+    ck_assert_int_eq(
+        fl_test_system("grep -q 'vocabulary' '%s/infer.err'", base), 0);
     fl_test_rmtree(base);
 }
 END_TEST
