@@ -6,15 +6,19 @@
  * tiny model, three enrolled devices). For each input three devices
  * connect through the peer seam with valid signed hellos, a round of
  * secure aggregation starts with all three, and the input's records
- * [selector][length, 2 bytes LE][bytes] are delivered: the selector picks
- * the device, and whether the bytes are an Envelope of their own or
- * overwrite, from the offset their first two bytes give, a valid message
- * of that device for the current round (accept, advertisement, share keys,
- * masked input, unmasking, report, manifest and chunk requests,
- * heartbeat). Then the devices disconnect and the round ends. Nothing may
+ * [selector][length, 2 bytes LE][bytes] are delivered. The selector picks
+ * the device and what it sends: its next valid message of the protocol
+ * (each device runs the real secure-aggregation client, so rounds can go
+ * through every phase to a published version), an Envelope made of the
+ * bytes, or a valid message of that device for the current round (accept,
+ * advertisement, share keys, masked input, unmasking, report, manifest and
+ * chunk requests, heartbeat) overwritten from the offset the bytes' first
+ * two give. Then the devices disconnect and the round ends. Nothing may
  * crash, leak or read out of bounds, and the server must stay able to run
  * the next input. */
 #include "artifact/artifact.h"
+#include "compress/compress.h"
+#include "secagg/secagg.h"
 #include "model/model.h"
 #include "server/internal.h"
 
@@ -45,6 +49,11 @@ typedef struct {
     uint64_t round;
     uint32_t id;
     int close_asked, closed;
+    /* The device's own part: the invitation and the requests of the
+     * round, its secure-aggregation client and how far it went. */
+    fl_envelope_t *invite, *share_req, *masked_req, *unmask_req;
+    fl_secagg_client_t *sa;
+    int step; /* 0 accept, 1 advertise, 2 share, 3 masked, 4 unmask, 5 done */
 } dev_t_;
 
 static struct {
@@ -64,12 +73,44 @@ static int dev_send(void *ctx, const uint8_t *payload, size_t len)
     if (e->body_case == FLOTILLA__ENVELOPE__BODY_SERVER_HELLO &&
         e->server_hello->nonce.len == 32)
         memcpy(d->nonce, e->server_hello->nonce.data, 32);
-    if (e->body_case == FLOTILLA__ENVELOPE__BODY_ROUND_INVITE) {
+    fl_envelope_t **keep = NULL;
+    switch (e->body_case) {
+    case FLOTILLA__ENVELOPE__BODY_ROUND_INVITE:
         d->round = e->round_invite->config->round;
         d->id = e->round_invite->config->client_id;
+        keep = &d->invite;
+        break;
+    case FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_REQUEST:
+        keep = &d->share_req;
+        break;
+    case FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_REQUEST:
+        keep = &d->masked_req;
+        break;
+    case FLOTILLA__ENVELOPE__BODY_UNMASKING_REQUEST:
+        keep = &d->unmask_req;
+        break;
+    default:
+        break;
     }
-    fl_proto_free(e);
+    if (keep) {
+        fl_proto_free(*keep);
+        *keep = e;
+    } else {
+        fl_proto_free(e);
+    }
     return 0;
+}
+
+static void dev_reset(dev_t_ *d)
+{
+    fl_proto_free(d->invite);
+    fl_proto_free(d->share_req);
+    fl_proto_free(d->masked_req);
+    fl_proto_free(d->unmask_req);
+    fl_secagg_client_free(d->sa);
+    d->invite = d->share_req = d->masked_req = d->unmask_req = NULL;
+    d->sa = NULL;
+    d->step = 0;
 }
 
 static void dev_close(void *ctx)
@@ -182,11 +223,113 @@ static size_t template(int k, const dev_t_ *d, uint8_t *out)
     return pack(&e, out);
 }
 
+static void send_msg(dev_t_ *d, fl_envelope_t *e)
+{
+    static uint8_t buf[MAX_FRAME];
+    deliver(d, buf, pack(e, buf));
+}
+
+/* Device d's next valid message of the round, if it has one to send. */
+static void play(dev_t_ *d)
+{
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    if (!d->invite || !d->p || d->close_asked)
+        return;
+    const Flotilla__RoundConfig *rc = d->invite->round_invite->config;
+    switch (d->step) {
+    case 0: {
+        Flotilla__RoundAccept ra = FLOTILLA__ROUND_ACCEPT__INIT;
+        ra.round = rc->round;
+        ra.accept = 1;
+        e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_ACCEPT;
+        e.round_accept = &ra;
+        d->step = 1;
+        send_msg(d, &e);
+        return;
+    }
+    case 1: {
+        fl_secagg_round_t round;
+        memset(&round, 0, sizeof round);
+        round.round = rc->round;
+        if (rc->round_nonce.len != 32)
+            return;
+        memcpy(round.round_nonce, rc->round_nonce.data, 32);
+        fl_compress_config_t cc;
+        fl_compress_config_init(&cc);
+        cc.rotate = rc->codec->rotate;
+        round.dim = fl_compress_values(&cc, rc->num_params);
+        round.config = rc->secagg;
+        Flotilla__AdvertiseKeys *adv = NULL;
+        if (fl_secagg_client_new(&round, d->id, d->sk, &d->sa) < 0 ||
+            fl_secagg_client_advertise(d->sa, &adv) < 0)
+            __builtin_trap(); /* the server's own invitation */
+        e.body_case = FLOTILLA__ENVELOPE__BODY_ADVERTISE_KEYS;
+        e.advertise_keys = adv;
+        d->step = 2;
+        send_msg(d, &e);
+        fl_secagg_msg_free(adv);
+        return;
+    }
+    case 2: {
+        Flotilla__ShareKeysResponse *r = NULL;
+        if (!d->share_req ||
+            fl_secagg_client_share_keys(d->sa, d->share_req->share_keys_request,
+                                        &r) < 0)
+            return;
+        e.body_case = FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_RESPONSE;
+        e.share_keys_response = r;
+        d->step = 3;
+        send_msg(d, &e);
+        fl_secagg_msg_free(r);
+        return;
+    }
+    case 3: {
+        Flotilla__MaskedInputResponse *r = NULL;
+        if (!d->masked_req)
+            return;
+        fl_compress_config_t cc;
+        fl_compress_config_init(&cc);
+        cc.rotate = rc->codec->rotate;
+        uint64_t m = fl_compress_values(&cc, rc->num_params);
+        uint32_t *x = fl_calloc(m ? m : 1, sizeof *x);
+        for (uint64_t i = 0; i < m; i++)
+            x[i] = (uint32_t)(i * 7 + d->id) & 0xff;
+        int rc2 = fl_secagg_client_masked_input(
+            d->sa, d->masked_req->masked_input_request, x, &r);
+        fl_free(x);
+        if (rc2 < 0)
+            return;
+        e.body_case = FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_RESPONSE;
+        e.masked_input_response = r;
+        d->step = 4;
+        send_msg(d, &e);
+        fl_secagg_msg_free(r);
+        return;
+    }
+    case 4: {
+        Flotilla__UnmaskingResponse *r = NULL;
+        if (!d->unmask_req ||
+            fl_secagg_client_unmask(d->sa, d->unmask_req->unmasking_request,
+                                    &r) < 0)
+            return;
+        e.body_case = FLOTILLA__ENVELOPE__BODY_UNMASKING_RESPONSE;
+        e.unmasking_response = r;
+        d->step = 5;
+        send_msg(d, &e);
+        fl_secagg_msg_free(r);
+        return;
+    }
+    default:
+        return;
+    }
+}
+
 static void connect_all(void)
 {
     uint8_t buf[2048];
     for (int i = 0; i < NDEV; i++) {
         dev_t_ *d = &g.dev[i];
+        dev_reset(d);
         d->close_asked = d->closed = 0;
         d->round = 0;
         d->id = 0;
@@ -207,9 +350,16 @@ static void connect_all(void)
         deliver(d, buf, pack(&e, buf));
         MUST(d->p->hello_ok);
     }
-    fl_server_round_tick(g.s->round); /* invites all three */
+    /* Invites all three once the last input's round has ended (its end
+     * may still run on the thread pool). */
+    double t0 = fl_time_mono_s();
+    while (!g.dev[0].invite) {
+        MUST(fl_time_mono_s() - t0 < 30);
+        fl_server_round_tick(g.s->round);
+        uv_run(&g.loop, UV_RUN_NOWAIT);
+    }
     for (int i = 0; i < NDEV; i++)
-        MUST(g.dev[i].round > 0);
+        MUST(g.dev[i].invite != NULL);
 }
 
 static void disconnect_all(void)
@@ -224,6 +374,7 @@ static void disconnect_all(void)
         if (d->p)
             fl_server_peer_closed(d->p);
         d->p = NULL;
+        dev_reset(d);
     }
     for (int i = 0; i < 8; i++)
         uv_run(&g.loop, UV_RUN_NOWAIT);
@@ -247,7 +398,8 @@ static void setup(void)
 {
     char err[512] = "", path[600], key[600];
     MUST(sodium_init() >= 0);
-    fl_log_set_level(FL_LOG_ERROR + 1);
+    /* Silent, unless FUZZ_VERBOSE is set (to follow one input). */
+    fl_log_set_level(getenv("FUZZ_VERBOSE") ? FL_LOG_DEBUG : FL_LOG_ERROR + 1);
     const char *tmp = getenv("TMPDIR");
     if (!tmp) /* the state is synced at every round: tmpfs when there is one */
         tmp = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
@@ -327,6 +479,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         len = FL_MIN(len, size);
         dev_t_ *d = &g.dev[sel % NDEV];
         size_t n;
+        if (((sel >> 2) & 3) == 3) { /* the device's own next message */
+            play(d);
+            data += len;
+            size -= len;
+            continue;
+        }
         if ((sel >> 2) & 3) { /* a valid message, overwritten */
             n = template((int)((sel >> 4) % N_TEMPLATES), d, frame);
             if (len >= 2 && n > 0) {
