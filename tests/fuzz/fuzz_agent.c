@@ -4,19 +4,24 @@
  * Once per process a tiny model is published as version 1 and downloaded
  * into a device's store. Each input then starts a fresh agent on that
  * store, completes a valid hello, and delivers the frames the input
- * describes: records of [kind][length, 2 bytes LE][bytes]. An even kind
- * sends the bytes as an Envelope; an odd kind picks a valid message
- * (invitations with and without secure aggregation, a secure-aggregation
- * request, a manifest, a chunk, a version announcement, a round result, an
- * abort, a heartbeat) and overwrites its wire form with the bytes from the
- * offset their first two bytes give. Trainings run on the loop's thread
- * pool between frames. Nothing may crash, leak or read out of bounds. */
+ * describes: records of [kind][length, 2 bytes LE][bytes]. kind % 4 = 3
+ * plays the next step of a round of secure aggregation with the device and
+ * two other clients against the real secure-aggregation server (so the
+ * device gets valid requests in every phase, and its answers go back to
+ * that server); kind % 4 = 0 or 2 sends the bytes as an Envelope; kind %
+ * 4 = 1 picks a valid message (the round's last request, invitations with
+ * and without secure aggregation, a secure-aggregation request, a
+ * manifest, a chunk, a version announcement, a round result, an abort, a
+ * heartbeat) and overwrites its wire form with the bytes from the offset
+ * their first two bytes give. Trainings run on the loop's thread pool
+ * between frames. Nothing may crash, leak or read out of bounds. */
 #include "artifact/artifact.h"
 #include "client/client.h"
 #include "model/data.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "proto/proto.h"
+#include "secagg/secagg.h"
 
 #include <ftw.h>
 #include <sodium.h>
@@ -41,7 +46,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 typedef struct {
     int closed;
     fl_envelope_t *last; /* the last frame the agent sent */
+    /* its last secure-aggregation message of each phase (0..3) */
+    fl_envelope_t *sa[4];
 } wire_t;
+
+/* A round of secure aggregation the harness plays with the agent (client
+ * 1) and two clients of its own (2, 3) against the real server engine. */
+typedef struct {
+    int step;
+    uint64_t round;
+    uint8_t nonce[32];
+    uint32_t ids[3];
+    uint8_t idpk[3][32], idsk[3][64]; /* [0] is the agent's public key */
+    Flotilla__SecAggConfig sa;
+    fl_secagg_round_t r;
+    fl_secagg_server_t *srv;
+    fl_secagg_client_t *cl[3]; /* [1], [2]: the harness's clients */
+    fl_buf_t last;             /* the last request sent to the agent */
+} play_t;
 
 static struct {
     char dir[256], root[300], state[300];
@@ -54,15 +76,45 @@ static struct {
     fl_buf_t templates[N_TEMPLATES];
 } g;
 
+/* The identity keys of the harness's two secure-aggregation clients. */
+static uint8_t other_pk[2][32], other_sk[2][64];
+
 static int io_send(void *io, const uint8_t *p, size_t len)
 {
     wire_t *w = io;
     if (w->closed)
         return FL_ECLOSED;
-    fl_proto_free(w->last);
-    w->last = NULL;
-    fl_proto_decode(p, len, 1u << 30, &w->last);
+    fl_envelope_t *e = NULL;
+    if (fl_proto_decode(p, len, 1u << 30, &e) < 0)
+        __builtin_trap(); /* the agent sends only valid Envelopes */
+    int ph = -1;
+    switch (e->body_case) {
+    case FLOTILLA__ENVELOPE__BODY_ADVERTISE_KEYS:
+        ph = 0;
+        break;
+    case FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_RESPONSE:
+        ph = 1;
+        break;
+    case FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_RESPONSE:
+        ph = 2;
+        break;
+    case FLOTILLA__ENVELOPE__BODY_UNMASKING_RESPONSE:
+        ph = 3;
+        break;
+    default:
+        break;
+    }
+    fl_envelope_t **slot = ph >= 0 ? &w->sa[ph] : &w->last;
+    fl_proto_free(*slot);
+    *slot = e;
     return 0;
+}
+
+static void wire_free(wire_t *w)
+{
+    fl_proto_free(w->last);
+    for (int i = 0; i < 4; i++)
+        fl_proto_free(w->sa[i]);
 }
 
 static void io_close(void *io, int reason)
@@ -102,6 +154,15 @@ static int deliver_env(fl_client_agent_t *a, wire_t *w, fl_envelope_t *e)
     return rc;
 }
 
+/* With FUZZ_VERBOSE set, the agent's events (to follow one input). */
+static void on_event(void *ctx, const fl_client_event_t *ev)
+{
+    (void)ctx;
+    fprintf(stderr, "fuzz_agent: event %d round %llu status %d: %s\n", ev->kind,
+            (unsigned long long)ev->round, ev->status,
+            ev->what ? ev->what : "");
+}
+
 static fl_client_agent_t *agent_new(wire_t *w)
 {
     fl_client_agent_opts_t o = {.loop = &g.loop,
@@ -112,7 +173,9 @@ static fl_client_agent_t *agent_new(wire_t *w)
                                 .vocab_size = FL_TOKENIZER_BYTE_VOCAB,
                                 .tokenizer_ref = "byte",
                                 .require_secagg = 0,
-                                .min_participants = 3};
+                                .min_participants = 3,
+                                .on_event =
+                                    getenv("FUZZ_VERBOSE") ? on_event : NULL};
     memcpy(o.signing_pub, g.signing_pub, 32);
     fl_client_agent_t *a = NULL;
     MUST(fl_client_agent_new(&o, &a) == 0);
@@ -232,7 +295,7 @@ static void setup_store(void)
     uint64_t v = 0;
     MUST(fl_client_agent_model(a, &v) != NULL && v == 1);
     fl_client_agent_free(a);
-    fl_proto_free(w.last);
+    wire_free(&w);
     uv_run(&g.loop, UV_RUN_DEFAULT);
 }
 
@@ -376,6 +439,204 @@ static void setup(void)
     fl_buf_free(&text);
     setup_store();
     setup_templates();
+    for (int i = 0; i < 2; i++)
+        crypto_sign_keypair(other_pk[i], other_sk[i]);
+}
+
+/* ---- a round of secure aggregation, played with the agent ---- */
+
+static void play_init(play_t *pl, uint64_t round)
+{
+    memset(pl, 0, sizeof *pl);
+    pl->round = round;
+    memcpy(pl->nonce, &round, sizeof round);
+    for (uint32_t i = 0; i < 3; i++)
+        pl->ids[i] = i + 1;
+    fl_artifact_key_public(g.device, pl->idpk[0]);
+    for (int i = 0; i < 2; i++) {
+        memcpy(pl->idpk[i + 1], other_pk[i], 32);
+        memcpy(pl->idsk[i + 1], other_sk[i], 64);
+    }
+    flotilla__sec_agg_config__init(&pl->sa);
+    pl->sa.enabled = 1;
+    pl->sa.participants = pl->ids;
+    pl->sa.n_participants = 3;
+    pl->sa.threshold = 2;
+    pl->sa.degree = 2;
+    pl->sa.ring_bits = 11;
+    pl->r.round = round;
+    memcpy(pl->r.round_nonce, pl->nonce, 32);
+    pl->r.dim = g.num_params;
+    pl->r.config = &pl->sa;
+    fl_buf_init(&pl->last, MAX_FRAME);
+}
+
+static void play_free(play_t *pl)
+{
+    fl_secagg_server_free(pl->srv);
+    for (int i = 0; i < 3; i++)
+        fl_secagg_client_free(pl->cl[i]);
+    fl_buf_free(&pl->last);
+    sodium_memzero(pl->idsk, sizeof pl->idsk);
+}
+
+/* Sends e to the agent; its wire form becomes the round's last request. */
+static void play_send(fl_client_agent_t *a, wire_t *w, play_t *pl,
+                      fl_envelope_t *e)
+{
+    fl_buf_free(&pl->last);
+    pack(e, &pl->last);
+    deliver(a, w, pl->last.data, pl->last.len);
+}
+
+/* The agent's message of phase ph, if any, to the server (which may refuse
+ * it: that is its business). */
+static void play_take(play_t *pl, wire_t *w, int ph)
+{
+    if (w->sa[ph])
+        fl_secagg_server_handle(pl->srv, 1, w->sa[ph]);
+    fl_proto_free(w->sa[ph]);
+    w->sa[ph] = NULL;
+}
+
+static void play_step(fl_client_agent_t *a, wire_t *w, play_t *pl)
+{
+    fl_envelope_t e = FLOTILLA__ENVELOPE__INIT;
+    int step = pl->step++;
+    if (step > 0 && !pl->srv)
+        return;
+    switch (step) {
+    case 0: { /* the invitation; the server and the two other clients */
+        Flotilla__TrainingConfig tc = FLOTILLA__TRAINING_CONFIG__INIT;
+        tc.local_steps = 1;
+        tc.batch_size = 1;
+        tc.seq_len = 8;
+        tc.learning_rate = 1e-3f;
+        Flotilla__CodecConfig cc = FLOTILLA__CODEC_CONFIG__INIT;
+        cc.quant_bits = 8;
+        cc.clip_norm = 1.0f;
+        cc.max_summands = 3;
+        cc.ring_bits = 11;
+        cc.secure_aggregation = 1;
+        Flotilla__Deadlines dl = FLOTILLA__DEADLINES__INIT;
+        Flotilla__RoundConfig rc = FLOTILLA__ROUND_CONFIG__INIT;
+        rc.round = pl->round;
+        rc.round_nonce.data = pl->nonce;
+        rc.round_nonce.len = 32;
+        rc.model_version = 1;
+        rc.num_params = g.num_params;
+        rc.expected_cohort = 3;
+        rc.training = &tc;
+        rc.codec = &cc;
+        rc.secagg = &pl->sa;
+        rc.deadlines = &dl;
+        rc.client_id = 1;
+        Flotilla__RoundInvite inv = FLOTILLA__ROUND_INVITE__INIT;
+        inv.config = &rc;
+        MUST(fl_secagg_server_new(&pl->r, (const uint8_t(*)[32])pl->idpk,
+                                  &pl->srv) == 0);
+        for (int i = 1; i < 3; i++)
+            MUST(fl_secagg_client_new(&pl->r, pl->ids[i], pl->idsk[i],
+                                      &pl->cl[i]) == 0);
+        e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_INVITE;
+        e.round_invite = &inv;
+        play_send(a, w, pl, &e);
+        return;
+    }
+    case 1: { /* advertisements; the share-keys requests */
+        play_take(pl, w, 0);
+        for (int i = 1; i < 3; i++) {
+            Flotilla__AdvertiseKeys *adv = NULL;
+            MUST(fl_secagg_client_advertise(pl->cl[i], &adv) == 0);
+            fl_secagg_server_handle_advertise(pl->srv, pl->ids[i], adv);
+            fl_secagg_msg_free(adv);
+        }
+        if (fl_secagg_server_advertise_close(pl->srv) < 0)
+            return;
+        for (int i = 0; i < 3; i++) {
+            Flotilla__ShareKeysRequest *req = NULL;
+            Flotilla__ShareKeysResponse *resp = NULL;
+            if (fl_secagg_server_share_keys_request(pl->srv, pl->ids[i], &req) <
+                0)
+                continue;
+            if (i == 0) {
+                e.body_case = FLOTILLA__ENVELOPE__BODY_SHARE_KEYS_REQUEST;
+                e.share_keys_request = req;
+                play_send(a, w, pl, &e);
+            } else if (fl_secagg_client_share_keys(pl->cl[i], req, &resp) ==
+                       0) {
+                fl_secagg_server_handle_share_keys(pl->srv, pl->ids[i], resp);
+            }
+            fl_secagg_msg_free(resp);
+            fl_secagg_msg_free(req);
+        }
+        return;
+    }
+    case 2: { /* shares; the masked-input requests */
+        play_take(pl, w, 1);
+        if (fl_secagg_server_share_keys_close(pl->srv) < 0)
+            return;
+        uint32_t *x = fl_calloc(g.num_params, sizeof *x);
+        MUST(x != NULL);
+        for (int i = 0; i < 3; i++) {
+            Flotilla__MaskedInputRequest *req = NULL;
+            Flotilla__MaskedInputResponse *resp = NULL;
+            if (fl_secagg_server_masked_input_request(pl->srv, pl->ids[i],
+                                                      &req) < 0)
+                continue;
+            if (i == 0) {
+                e.body_case = FLOTILLA__ENVELOPE__BODY_MASKED_INPUT_REQUEST;
+                e.masked_input_request = req;
+                play_send(a, w, pl, &e);
+            } else if (fl_secagg_client_masked_input(pl->cl[i], req, x,
+                                                     &resp) == 0) {
+                fl_secagg_server_handle_masked_input(pl->srv, pl->ids[i], resp);
+            }
+            fl_secagg_msg_free(resp);
+            fl_secagg_msg_free(req);
+        }
+        fl_free(x);
+        return;
+    }
+    case 3: { /* masked inputs; the unmasking requests */
+        play_take(pl, w, 2);
+        if (fl_secagg_server_masked_input_close(pl->srv) < 0)
+            return;
+        for (int i = 0; i < 3; i++) {
+            Flotilla__UnmaskingRequest *req = NULL;
+            Flotilla__UnmaskingResponse *resp = NULL;
+            if (fl_secagg_server_unmasking_request(pl->srv, pl->ids[i], &req) <
+                0)
+                continue;
+            if (i == 0) {
+                e.body_case = FLOTILLA__ENVELOPE__BODY_UNMASKING_REQUEST;
+                e.unmasking_request = req;
+                play_send(a, w, pl, &e);
+            } else if (fl_secagg_client_unmask(pl->cl[i], req, &resp) == 0) {
+                fl_secagg_server_handle_unmasking(pl->srv, pl->ids[i], resp);
+            }
+            fl_secagg_msg_free(resp);
+            fl_secagg_msg_free(req);
+        }
+        return;
+    }
+    case 4: { /* the unmasking; the result */
+        play_take(pl, w, 3);
+        int ok = fl_secagg_server_unmasking_close(pl->srv) == 0 &&
+                 fl_secagg_server_unmask(pl->srv) == 0;
+        Flotilla__RoundResult rr = FLOTILLA__ROUND_RESULT__INIT;
+        rr.round = pl->round;
+        rr.success = ok;
+        rr.new_model_version = 1;
+        rr.survivors = 3;
+        e.body_case = FLOTILLA__ENVELOPE__BODY_ROUND_RESULT;
+        e.round_result = &rr;
+        play_send(a, w, pl, &e);
+        return;
+    }
+    default:
+        return;
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -385,9 +646,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         setup();
         ready = 1;
     }
+    static uint64_t inputs;
     wire_t w;
     fl_client_agent_t *a = agent_new(&w);
     hello(a, &w, 1);
+    play_t pl;
+    play_init(&pl, 2 + inputs++);
     uint8_t *frame = fl_malloc(MAX_FRAME);
     MUST(frame != NULL);
     while (size >= 3 && !w.closed) {
@@ -397,10 +661,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size -= 3;
         len = FL_MIN(len, size);
         size_t n;
-        if (kind & 1) { /* a valid message, overwritten from an offset */
-            const fl_buf_t *t = &g.templates[(kind >> 1) % N_TEMPLATES];
+        if (kind % 4 == 3) { /* the round's next step */
+            play_step(a, &w, &pl);
+            data += len;
+            size -= len;
+            continue;
+        }
+        if (kind % 4 == 1) { /* a valid message, overwritten from an offset */
+            unsigned k = (kind >> 2) % (N_TEMPLATES + 1);
+            const fl_buf_t *t = k < N_TEMPLATES ? &g.templates[k] : &pl.last;
             n = t->len;
-            memcpy(frame, t->data, n);
+            if (n > 0)
+                memcpy(frame, t->data, n);
             if (len >= 2 && n > 0) {
                 size_t off = ((size_t)data[0] | (size_t)data[1] << 8) % n;
                 size_t m = FL_MIN(len - 2, n - off);
@@ -418,6 +690,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fl_client_agent_disconnected(a);
     fl_client_agent_free(a);
     uv_run(&g.loop, UV_RUN_DEFAULT);
-    fl_proto_free(w.last);
+    wire_free(&w);
+    play_free(&pl);
     return 0;
 }
