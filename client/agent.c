@@ -379,10 +379,6 @@ static void cache_publish(fl_client_agent_t *a, cache_entry_t *e,
     }
 }
 
-/* Loads the store's current version; on failure rolls back once. When
- * neither version verifies and loads (e.g. the server's signing key was
- * rotated), the device starts without a model and downloads the current
- * one: a stored model is never used unverified, and never blocks start. */
 /* Whether a model of vocabulary v made for the tokenizer ref (NULL or ""
  * when it does not say) can read this device's tokens; if not, why says
  * so. */
@@ -406,6 +402,10 @@ static int tokenizer_ok(const fl_client_agent_t *a, uint64_t v, const char *ref,
     return 1;
 }
 
+/* Loads the store's current version; on failure rolls back once. When
+ * neither version verifies and loads (e.g. the server's signing key was
+ * rotated), the device starts without a model and downloads the current
+ * one: a stored model is never used unverified, and never blocks start. */
 static int load_current_model(fl_client_agent_t *a)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
