@@ -1257,8 +1257,8 @@ START_TEST(test_hostile_advertise)
 END_TEST
 
 /* Drives the small world through advertise and share keys. */
-static void to_masked_input(world_t *w, const spec_t *sp,
-                            Flotilla__ShareKeysResponse **keep)
+/* Every client advertises; the advertise phase closes. */
+static void advertise_all(world_t *w, const spec_t *sp)
 {
     for (uint32_t i = 0; i < sp->n; i++) {
         Flotilla__AdvertiseKeys *m;
@@ -1268,6 +1268,31 @@ static void to_masked_input(world_t *w, const spec_t *sp,
         fl_secagg_msg_free(m);
     }
     ck_assert_int_eq(fl_secagg_server_advertise_close(w->srv), 0);
+}
+
+/* Clients 0 .. k-1 send their masked inputs (the others drop); the phase
+ * closes. */
+static void send_inputs(world_t *w, uint32_t k)
+{
+    for (uint32_t i = 0; i < k; i++) {
+        Flotilla__MaskedInputRequest *q;
+        Flotilla__MaskedInputResponse *m;
+        ck_assert_int_eq(
+            fl_secagg_server_masked_input_request(w->srv, w->ids[i], &q), 0);
+        ck_assert_int_eq(
+            fl_secagg_client_masked_input(w->cl[i], q, w->x[i], &m), 0);
+        fl_secagg_msg_free(q);
+        ck_assert_int_eq(
+            fl_secagg_server_handle_masked_input(w->srv, w->ids[i], m), 0);
+        fl_secagg_msg_free(m);
+    }
+    ck_assert_int_eq(fl_secagg_server_masked_input_close(w->srv), 0);
+}
+
+static void to_masked_input(world_t *w, const spec_t *sp,
+                            Flotilla__ShareKeysResponse **keep)
+{
+    advertise_all(w, sp);
     for (uint32_t i = 0; i < sp->n; i++) {
         Flotilla__ShareKeysRequest *q;
         Flotilla__ShareKeysResponse *m;
@@ -1290,14 +1315,7 @@ START_TEST(test_hostile_share_keys)
     world_t w;
     spec_t sp;
     small_world(&w, &sp);
-    for (uint32_t i = 0; i < sp.n; i++) {
-        Flotilla__AdvertiseKeys *m;
-        ck_assert_int_eq(fl_secagg_client_advertise(w.cl[i], &m), 0);
-        ck_assert_int_eq(fl_secagg_server_handle_advertise(w.srv, w.ids[i], m),
-                         0);
-        fl_secagg_msg_free(m);
-    }
-    ck_assert_int_eq(fl_secagg_server_advertise_close(w.srv), 0);
+    advertise_all(&w, &sp);
     Flotilla__ShareKeysRequest *q;
     Flotilla__ShareKeysResponse *m;
     ck_assert_int_eq(fl_secagg_server_share_keys_request(w.srv, w.ids[0], &q),
@@ -1438,19 +1456,7 @@ START_TEST(test_hostile_unmasking)
     small_world(&w, &sp);
     to_masked_input(&w, &sp, NULL);
     /* clients 0..3 send inputs; 4 drops */
-    for (uint32_t i = 0; i < 4; i++) {
-        Flotilla__MaskedInputRequest *q;
-        Flotilla__MaskedInputResponse *m;
-        ck_assert_int_eq(
-            fl_secagg_server_masked_input_request(w.srv, w.ids[i], &q), 0);
-        ck_assert_int_eq(fl_secagg_client_masked_input(w.cl[i], q, w.x[i], &m),
-                         0);
-        fl_secagg_msg_free(q);
-        ck_assert_int_eq(
-            fl_secagg_server_handle_masked_input(w.srv, w.ids[i], m), 0);
-        fl_secagg_msg_free(m);
-    }
-    ck_assert_int_eq(fl_secagg_server_masked_input_close(w.srv), 0);
+    send_inputs(&w, 4);
     Flotilla__UnmaskingRequest *q;
     Flotilla__UnmaskingResponse *m;
     ck_assert_int_eq(fl_secagg_server_unmasking_request(w.srv, w.ids[4], &q),
@@ -1541,19 +1547,7 @@ START_TEST(test_wrong_share_detected)
     spec_t sp;
     small_world(&w, &sp);
     to_masked_input(&w, &sp, NULL);
-    for (uint32_t i = 0; i < 4; i++) {
-        Flotilla__MaskedInputRequest *q;
-        Flotilla__MaskedInputResponse *m;
-        ck_assert_int_eq(
-            fl_secagg_server_masked_input_request(w.srv, w.ids[i], &q), 0);
-        ck_assert_int_eq(fl_secagg_client_masked_input(w.cl[i], q, w.x[i], &m),
-                         0);
-        fl_secagg_msg_free(q);
-        ck_assert_int_eq(
-            fl_secagg_server_handle_masked_input(w.srv, w.ids[i], m), 0);
-        fl_secagg_msg_free(m);
-    }
-    ck_assert_int_eq(fl_secagg_server_masked_input_close(w.srv), 0);
+    send_inputs(&w, 4);
     for (uint32_t i = 0; i < 4; i++) {
         Flotilla__UnmaskingRequest *q;
         Flotilla__UnmaskingResponse *m;
