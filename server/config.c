@@ -203,7 +203,7 @@ static const fl_cfg_opt_t server_opts[] = {
      "tell every connected device when a new version is published (else "
      "devices learn of it when invited, from a round result or when they "
      "reconnect)"},
-    {"announce-spread-ms", FL_CFG_INT, OFF(announce_spread_ms), "30000", 0,
+    {"announce-spread-ms", FL_CFG_INT, OFF(announce_spread_ms), "600000", 0,
      3600000, NULL, NULL,
      "spread those announcements evenly over this long, so that the fleet "
      "does not download a new version all at once (0 = all at once)"},
