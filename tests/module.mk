@@ -80,12 +80,13 @@ fuzz-build: $(FUZZ_BINS)
 # repository is never written); a finding fails the target. Inputs are at
 # most 64 KiB, except where a target's messages are small: longer inputs
 # only slow those down as the corpus grows (secagg's recorded messages are
-# a few hundred bytes; a tokenizer image of the byte vocabulary is 2.3 KB).
+# a few hundred bytes, as are agent's and peer's records; a tokenizer image
+# of the byte vocabulary is 2.3 KB).
 fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 	$(Q)for n in $(FUZZ_TARGETS); do \
 	  work=$$(mktemp -d); \
 	  if [ -d tests/fuzz/corpus/$$n ]; then cp -r tests/fuzz/corpus/$$n/. $$work/; fi; \
-	  case $$n in secagg) ml=4096 ;; tokenizer) ml=8192 ;; *) ml=65536 ;; esac; \
+	  case $$n in secagg|agent|peer) ml=4096 ;; tokenizer) ml=8192 ;; *) ml=65536 ;; esac; \
 	  echo "  FUZZ    $$n ($(FUZZ_RUNS) runs, inputs up to $$ml bytes)"; \
 	  $(FUZZ_BUILD)/fuzz_$$n -runs=$(FUZZ_RUNS) -max_len=$$ml -print_final_stats=1 \
 	     -artifact_prefix=$(FUZZ_BUILD)/crash-$$n- $$work 2>$(FUZZ_BUILD)/$$n.log \
