@@ -230,8 +230,6 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         c->st.bytes_in += (uint64_t)n;
         if (c->server)
             c->server->st.io.bytes_in += (uint64_t)n;
-        if (c->state == NET_OPEN && c->lim.idle_ms)
-            uv_timer_start(&c->timer, on_timer, c->lim.idle_ms, 0);
         int rc = c->tp->input(c, (const uint8_t *)buf->base, (size_t)n);
         if (rc < 0 && c->state < NET_DRAINING)
             fl_net__conn_close(c, rc);
@@ -280,6 +278,11 @@ void fl_net__conn_opened(fl_net_conn_t *c)
 
 int fl_net__conn_deliver(fl_net_conn_t *c, const uint8_t *p, size_t n)
 {
+    /* Idle means no application bytes: TLS ciphertext that never completes
+     * a record (a stream whose record length was damaged, or a trickle)
+     * does not keep a connection alive. */
+    if (n > 0 && c->state == NET_OPEN && c->lim.idle_ms)
+        uv_timer_start(&c->timer, on_timer, c->lim.idle_ms, 0);
     while (n > 0) {
         if (c->state != NET_OPEN)
             return FL_ECLOSED;

@@ -130,8 +130,10 @@ typedef struct {
     size_t wq_max;         /* hard cap on queued bytes; passing it closes the
                               connection with FL_EAGAIN (a frame is always
                               accepted into an empty queue) */
-    uint64_t idle_ms;      /* close when nothing is received for this long
-                              (after the handshake); 0 = never */
+    uint64_t idle_ms;      /* close when no application bytes arrive for
+                              this long (after the handshake; TLS bytes
+                              that complete no record do not count);
+                              0 = never */
     uint64_t handshake_ms; /* connect + TLS handshake deadline; 0 = none */
 } fl_net_limits_t;
 

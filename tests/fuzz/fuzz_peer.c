@@ -326,6 +326,10 @@ static void play(dev_t_ *d)
 
 static void connect_all(void)
 {
+    if (g.s->stopping) { /* the server took the SIGINT or SIGTERM */
+        fprintf(stderr, "fuzz_peer: the server was stopped by a signal\n");
+        exit(0);
+    }
     uint8_t buf[2048];
     for (int i = 0; i < NDEV; i++) {
         dev_t_ *d = &g.dev[i];
