@@ -23,7 +23,8 @@
 #include "proto/proto.h"
 #include "secagg/secagg.h"
 
-#include <ftw.h>
+#include "tests/fuzz/fuzz_util.h"
+
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -396,32 +397,12 @@ static void setup_templates(void)
     MUST(k == N_TEMPLATES);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag,
-                    struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void cleanup(void)
-{
-    nftw(g.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static void setup(void)
 {
     MUST(sodium_init() >= 0);
-    fl_log_set_level(FL_LOG_ERROR + 1);
-    /* The store on tmpfs when there is one: the agent syncs its journal
-     * and store to disk, which would dominate every input. */
-    const char *tmp = getenv("TMPDIR");
-    if (!tmp)
-        tmp = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    snprintf(g.dir, sizeof g.dir, "%s/fuzz-agent-XXXXXX", tmp);
-    MUST(mkdtemp(g.dir) != NULL);
-    atexit(cleanup);
+    const char *dir = fuzz_workdir("agent");
+    MUST(dir != NULL);
+    snprintf(g.dir, sizeof g.dir, "%s", dir);
     snprintf(g.root, sizeof g.root, "%s/published", g.dir);
     snprintf(g.state, sizeof g.state, "%s/device", g.dir);
     MUST(uv_loop_init(&g.loop) == 0);

@@ -22,7 +22,8 @@
 #include "model/model.h"
 #include "server/internal.h"
 
-#include <ftw.h>
+#include "tests/fuzz/fuzz_util.h"
+
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -384,32 +385,13 @@ static void disconnect_all(void)
         uv_run(&g.loop, UV_RUN_NOWAIT);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag,
-                    struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void cleanup(void)
-{
-    nftw(g.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static void setup(void)
 {
     char err[512] = "", path[600], key[600];
     MUST(sodium_init() >= 0);
-    /* Silent, unless FUZZ_VERBOSE is set (to follow one input). */
-    fl_log_set_level(getenv("FUZZ_VERBOSE") ? FL_LOG_DEBUG : FL_LOG_ERROR + 1);
-    const char *tmp = getenv("TMPDIR");
-    if (!tmp) /* the state is synced at every round: tmpfs when there is one */
-        tmp = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    snprintf(g.dir, sizeof g.dir, "%s/fuzz-peer-XXXXXX", tmp);
-    MUST(mkdtemp(g.dir) != NULL);
-    atexit(cleanup);
+    const char *dir = fuzz_workdir("peer");
+    MUST(dir != NULL);
+    snprintf(g.dir, sizeof g.dir, "%s", dir);
     snprintf(path, sizeof path, "%s/enrolled", g.dir);
     for (int i = 0; i < NDEV; i++) {
         crypto_sign_keypair(g.dev[i].pk, g.dev[i].sk);
